@@ -1,0 +1,1 @@
+"""Data layer: read, validate, encode, fold-split and convert exposure rows to numeric blocks."""

@@ -1,0 +1,83 @@
+"""The oracle interface the solvers talk to.
+
+An oracle answers, for M coefficient matrices beta^m (K x p) at once, the *mean* negative
+log-likelihood over each model's training rows,
+
+    L_m(beta^m) = (1 / N_m) * sum_{i : include[m, fold_i]} [ log(1 + exp(eta_i)) - y_i eta_i ],
+
+its gradient with respect to each beta^m_c, and optionally the per-creative curvature
+(1 / N_m) * X_c' W X_c. Nothing about rows leaves the oracle: answers are O(M K p^2).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+from segmentation.oracle.kernel import BlockSums
+
+
+@dataclass
+class OracleResult:
+    loss: np.ndarray                 # (M,) mean negative log-likelihood over training rows
+    grad: np.ndarray                 # (M, K, p)
+    hess: np.ndarray | None          # (M, K, p, p) or None
+    max_abs_eta: np.ndarray          # (M, K) largest |linear predictor| on training rows
+    heldout_loss: np.ndarray         # (M,) mean loss on held-out rows (nan when none)
+
+    def model(self, m: int) -> "OracleResult":
+        """The answer for one model, keeping the leading axis of length 1."""
+        return OracleResult(
+            self.loss[m:m + 1], self.grad[m:m + 1],
+            None if self.hess is None else self.hess[m:m + 1],
+            self.max_abs_eta[m:m + 1], self.heldout_loss[m:m + 1],
+        )
+
+
+class Oracle(abc.ABC):
+    """Loss / gradient / curvature over a fixed data set split into F folds."""
+
+    n_features: int                  # p, including the intercept column
+    n_creatives: int                 # K
+    n_folds: int                     # F (1 when there is no cross-validation)
+    counts: np.ndarray               # (F, K) training rows per fold and creative
+    positives: np.ndarray            # (F, K) positive responses per fold and creative
+    passes: int = 0                  # data passes made so far
+
+    @abc.abstractmethod
+    def _sums(self, betas: np.ndarray, include: np.ndarray, curvature: bool,
+              heldout: bool, label: str) -> BlockSums:
+        """Sum ``kernel.block_statistics`` over every block of the data (one pass)."""
+
+    def evaluate(self, betas, include=None, *, curvature: bool = True, heldout: bool = False,
+                 label: str = "") -> OracleResult:
+        """One pass over the data for M models. ``include`` (M, F) defaults to all folds."""
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim == 2:
+            betas = betas[None]
+        M = betas.shape[0]
+        if betas.shape[1:] != (self.n_creatives, self.n_features):
+            raise ValueError(f"coefficients must be (M, {self.n_creatives}, {self.n_features}); "
+                             f"got {betas.shape}")
+        include = np.ones((M, self.n_folds), dtype=bool) if include is None else np.asarray(include, bool)
+        n_train = include.astype(float) @ self.counts.sum(axis=1)
+        n_test = (~include).astype(float) @ self.counts.sum(axis=1)
+        if np.any(n_train == 0):
+            raise ValueError("a model has no training rows")
+        s = self._sums(betas, include, curvature, heldout, label)
+        self.passes += 1
+        scale = 1.0 / n_train
+        with np.errstate(invalid="ignore", divide="ignore"):
+            held = np.where(n_test > 0, s.heldout_loss / n_test, np.nan)
+        return OracleResult(
+            loss=s.loss * scale,
+            grad=s.grad * scale[:, None, None],
+            hess=None if s.hess is None else s.hess * scale[:, None, None, None],
+            max_abs_eta=s.max_abs_eta,
+            heldout_loss=held,
+        )
+
+    def n_rows(self, include=None) -> float:
+        include = np.ones(self.n_folds, dtype=bool) if include is None else np.asarray(include, bool)
+        return float(self.counts[include].sum())

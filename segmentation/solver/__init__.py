@@ -1,0 +1,1 @@
+"""Penalty, proximal operators and solvers. Pure numpy: nothing here imports Spark."""
