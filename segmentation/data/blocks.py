@@ -17,6 +17,7 @@ This module is pure numpy: the Spark side builds blocks with ``make_block`` insi
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,25 +83,27 @@ def make_block(X, y, creative, fold=None, *, n_creatives: int, n_folds: int = 1)
 
 
 def save_block(block: DesignBlock, path: str) -> None:
-    """Write a block as one uncompressed .npz, atomically (temp file + rename)."""
+    """Write a block as a directory of ``.npy`` files, atomically (temp dir + rename).
+
+    One ``.npy`` per array (not ``.npz``) so readers can memory-map them: blocks kept in
+    ``/dev/shm`` are then shared by every Python worker of a host instead of copied into each.
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            X=block.X,
-            y=block.y,
-            creative=block.creative,
-            fold=block.fold,
-            offsets=block.offsets,
-            shape=np.array([block.n_creatives, block.n_folds], dtype=np.int64),
-        )
+    os.makedirs(tmp, exist_ok=True)
+    for name in _ARRAYS:
+        np.save(os.path.join(tmp, f"{name}.npy"), getattr(block, name))
+    np.save(os.path.join(tmp, "shape.npy"), np.array([block.n_creatives, block.n_folds], dtype=np.int64))
+    if os.path.isdir(path):
+        shutil.rmtree(path)
     os.replace(tmp, path)
 
 
-def load_block(path: str) -> DesignBlock:
-    with np.load(path) as z:
-        k, f = (int(v) for v in z["shape"])
-        return DesignBlock(
-            X=z["X"], y=z["y"], creative=z["creative"], fold=z["fold"], offsets=z["offsets"],
-            n_creatives=k, n_folds=f,
-        )
+def load_block(path: str, mmap: bool = True) -> DesignBlock:
+    """Read a block written by ``save_block`` (memory-mapped, read-only, by default)."""
+    mode = "r" if mmap else None
+    arrays = {name: np.load(os.path.join(path, f"{name}.npy"), mmap_mode=mode) for name in _ARRAYS}
+    k, f = (int(v) for v in np.load(os.path.join(path, "shape.npy")))
+    return DesignBlock(**arrays, n_creatives=k, n_folds=f)
+
+
+_ARRAYS = ("X", "y", "creative", "fold", "offsets")
