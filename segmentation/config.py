@@ -1,0 +1,264 @@
+"""The ``segment fit`` configuration: YAML, ``--set dotted.key=value`` overrides, validation.
+
+Everything is validated before Spark starts; every error names the offending key, e.g.
+``config key 'model.alpha': must be between 0 and 1 (got 1.5)``. See conf/example.yaml for
+a documented example of every key.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segmentation.errors import ConfigError
+
+DEFAULT_ALPHAS = [0.0, 0.25, 0.5, 0.75, 0.95]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataConfig(_Section):
+    exposures: str = Field(description="path (parquet/csv/delta) or metastore table name")
+    format: Optional[Literal["parquet", "csv", "delta", "table"]] = None
+    user_col: str = "user_id"
+    creative_col: str = "creative"
+    response_col: str = "response"
+    covariates: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    propensity_col: Optional[str] = None
+    block_dir: Optional[str] = Field(
+        None, description="where per-partition numeric blocks are cached; on a cluster a path "
+                          "every executor can read (default: /dev/shm or the temp dir)")
+
+    @model_validator(mode="after")
+    def _columns(self):
+        if not self.covariates and not self.categorical:
+            raise ValueError("data.covariates and data.categorical are both empty: give at least one covariate")
+        cols = [self.user_col, self.creative_col, self.response_col, *self.covariates, *self.categorical]
+        dup = sorted({c for c in cols if cols.count(c) > 1})
+        if dup:
+            raise ValueError(f"columns listed twice across data.*_col/covariates/categorical: {dup}")
+        return self
+
+
+class ModelConfig(_Section):
+    lambda_: Optional[Union[float, list[float]]] = Field(None, alias="lambda")
+    alpha: Optional[Union[float, list[float]]] = None
+    standardize: bool = True
+    tol: float = Field(1e-6, gt=0)
+    max_iter: int = Field(50, ge=1)
+    n_lambda: int = Field(20, ge=1)
+    lambda_min_ratio: float = Field(0.01, gt=0, lt=1)
+
+    @field_validator("lambda_")
+    @classmethod
+    def _lam(cls, v):
+        for x in _as_list(v):
+            if x < 0:
+                raise ValueError(f"must be >= 0 (got {x})")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v):
+        for x in _as_list(v):
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"must be between 0 and 1 (got {x})")
+        return v
+
+    @property
+    def lambdas(self) -> list[float] | None:
+        return None if self.lambda_ is None else [float(x) for x in _as_list(self.lambda_)]
+
+    @property
+    def alphas(self) -> list[float]:
+        return DEFAULT_ALPHAS if self.alpha is None else [float(x) for x in _as_list(self.alpha)]
+
+    @property
+    def single(self) -> bool:
+        """One (lambda, alpha) given: fit it directly, no cross-validation."""
+        return (self.lambda_ is not None and len(_as_list(self.lambda_)) == 1
+                and self.alpha is not None and len(_as_list(self.alpha)) == 1)
+
+
+class CVConfig(_Section):
+    folds: int = Field(5, ge=2, le=50)
+    seed: int = 0
+    rule: Literal["min", "1se"] = "1se"
+
+
+class OutputConfig(_Section):
+    model_dir: str
+    overwrite: bool = True
+
+
+class MlflowConfig(_Section):
+    enabled: bool = True
+    tracking_uri: Optional[str] = None
+    experiment: str = "creative-segmentation"
+    run_name: Optional[str] = None
+
+
+class TargetingConfig(_Section):
+    value_per_response: float = Field(1.0, gt=0)
+    cost_per_contact: float = Field(0.0, ge=0)
+
+
+class SegmentConfig(_Section):
+    """Root of the config file."""
+
+    data: DataConfig
+    segments: Optional[dict[str, list[str]]] = None
+    segments_file: Optional[str] = None
+    control: Optional[str] = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    output: OutputConfig
+    spark: dict[str, Any] = Field(default_factory=dict)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    evaluate: bool = False
+    targeting: Optional[TargetingConfig] = None
+
+    @model_validator(mode="after")
+    def _segments(self):
+        if (self.segments is None) == (self.segments_file is None):
+            raise ValueError("give exactly one of 'segments' (inline mapping) and 'segments_file'")
+        if self.segments is not None:
+            self.segments = validate_segment_mapping(self.segments, self.control)
+        return self
+
+    def segment_mapping(self, base_dir: str = ".") -> dict[str, list[str]]:
+        """The segment -> creatives mapping, reading ``segments_file`` if that is how it was given."""
+        if self.segments is not None:
+            return self.segments
+        return read_segments_file(self.segments_file, self.control, base_dir)
+
+
+def validate_segment_mapping(mapping: dict, control: str | None) -> dict[str, list[str]]:
+    """Check the segment -> creatives mapping: non-empty, no creative in two segments."""
+    if not mapping:
+        raise ValueError("segments: no segment given")
+    out: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for seg, crs in mapping.items():
+        crs = [crs] if isinstance(crs, str) else list(crs or [])
+        if not crs:
+            raise ValueError(f"segments.{seg}: no creative listed")
+        for c in crs:
+            c = str(c)
+            if c in seen:
+                raise ValueError(f"creative {c!r} is mapped to two segments: {seen[c]!r} and {seg!r}")
+            seen[c] = str(seg)
+        out[str(seg)] = [str(c) for c in crs]
+    if control is not None and control in seen:
+        raise ValueError(f"control creative {control!r} must not belong to a segment (it is in {seen[control]!r})")
+    return out
+
+
+def read_segments_file(path: str, control: str | None, base_dir: str = ".") -> dict[str, list[str]]:
+    path = path if os.path.isabs(path) else os.path.join(base_dir, path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config key 'segments_file': file not found: {path}")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"creative", "segment"} <= set(reader.fieldnames):
+            raise ConfigError(f"config key 'segments_file': {path} must have columns creative,segment "
+                              f"(found {reader.fieldnames})")
+        mapping: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for n, row in enumerate(reader, start=2):
+            c, s = (row["creative"] or "").strip(), (row["segment"] or "").strip()
+            if not c or not s:
+                raise ConfigError(f"config key 'segments_file': {path} line {n} has an empty creative or segment")
+            if c in seen and seen[c] != s:
+                raise ConfigError(f"config key 'segments_file': creative {c!r} is mapped to two segments: "
+                                  f"{seen[c]!r} and {s!r} ({path} line {n})")
+            if c in seen:
+                continue
+            seen[c] = s
+            mapping.setdefault(s, []).append(c)
+    try:
+        return validate_segment_mapping(mapping, control)
+    except ValueError as e:
+        raise ConfigError(f"config key 'segments_file': {e}") from None
+
+
+def _as_list(v) -> list:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML (``1e-3``, ``[0, 0.5]``, ``true``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = raw
+        for p in parts[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise ConfigError(f"--set {item!r}: config key {'.'.join(parts[:-1])!r} is not a section")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> SegmentConfig:
+    """Read, override and validate a config file. Raises ConfigError naming the key at fault."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return parse_config(apply_overrides(raw, overrides or []), base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse_config(raw: dict, base_dir: str = ".") -> SegmentConfig:
+    try:
+        cfg = SegmentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    cfg._base_dir = base_dir  # type: ignore[attr-defined]
+    return cfg
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-after", "union")))
+        key = key.replace("lambda_", "lambda") or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelled?)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"config key '{key}': {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def flatten(cfg: SegmentConfig) -> dict[str, str]:
+    """The config as flat ``section.key -> str`` pairs (MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = str(node)
+
+    walk("", cfg.model_dump(by_alias=True))
+    return out
