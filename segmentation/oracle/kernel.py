@@ -93,8 +93,8 @@ def block_statistics(
                 out.loss[train] += neg_loglik(eta, y[:, None]).sum(axis=0)
                 mu = expit(eta)
                 out.grad[train, c, :] += (X.T @ (mu - y[:, None])).T
-                np.maximum(out.max_abs_eta[train, c], np.abs(eta).max(axis=0),
-                           out=out.max_abs_eta[train, c])
+                out.max_abs_eta[train, c] = np.maximum(out.max_abs_eta[train, c],
+                                                       np.abs(eta).max(axis=0))
                 if curvature:
                     w = mu * (1.0 - mu)
                     for t, m in enumerate(train):

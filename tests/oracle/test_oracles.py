@@ -1,0 +1,73 @@
+"""The numpy oracle and the Spark oracle give the same loss, gradient and curvature."""
+import numpy as np
+import pytest
+
+from segmentation.data.blocks import make_block, save_block
+from segmentation.oracle import LocalOracle
+from segmentation.oracle.kernel import neg_loglik
+from segmentation.oracle.spark import SparkOracle
+
+K, F, P = 5, 3, 6
+
+
+def _data(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([np.ones(n), rng.normal(size=(n, P - 1))])
+    creative = rng.integers(0, K, n)
+    fold = rng.integers(0, F, n)
+    beta = rng.normal(scale=0.5, size=(K, P))
+    eta = np.einsum("ij,ij->i", X, beta[creative])
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    return X, y, creative, fold
+
+
+def _spark_oracle(spark, tmp_path, X, y, creative, fold, n_blocks):
+    idx = np.array_split(np.arange(len(y)), n_blocks)
+    paths = []
+    for b, i in enumerate(idx):
+        block = make_block(X[i], y[i], creative[i], fold[i], n_creatives=K, n_folds=F)
+        path = str(tmp_path / f"part-{n_blocks}-{b:05d}")
+        save_block(block, path)
+        paths.append(path)
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    return SparkOracle(spark, paths, counts=local.counts, positives=local.positives,
+                       n_features=P, n_creatives=K, n_folds=F)
+
+
+def test_local_oracle_matches_direct_formula():
+    X, y, creative, fold = _data()
+    rng = np.random.default_rng(1)
+    beta = rng.normal(size=(K, P))
+    oracle = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    include = np.array([[True, False, True]])
+    r = oracle.evaluate(beta[None], include, heldout=True)
+    train = include[0, fold]
+    eta = np.einsum("ij,ij->i", X, beta[creative])
+    assert r.loss[0] == pytest.approx(neg_loglik(eta[train], y[train]).mean(), rel=1e-12)
+    assert r.heldout_loss[0] == pytest.approx(neg_loglik(eta[~train], y[~train]).mean(), rel=1e-12)
+    mu = 1 / (1 + np.exp(-eta))
+    for c in range(K):
+        rows = train & (creative == c)
+        g = X[rows].T @ (mu[rows] - y[rows]) / train.sum()
+        H = (X[rows] * (mu[rows] * (1 - mu[rows]))[:, None]).T @ X[rows] / train.sum()
+        np.testing.assert_allclose(r.grad[0, c], g, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(r.hess[0, c], H, rtol=1e-10, atol=1e-14)
+        assert r.max_abs_eta[0, c] == pytest.approx(np.abs(eta[rows]).max())
+
+
+@pytest.mark.parametrize("n_blocks", [1, 7])
+def test_spark_oracle_matches_local(spark, tmp_path, n_blocks):
+    X, y, creative, fold = _data()
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    remote = _spark_oracle(spark, tmp_path, X, y, creative, fold, n_blocks)
+    rng = np.random.default_rng(2)
+    betas = rng.normal(scale=0.3, size=(F, K, P))
+    include = ~np.eye(F, dtype=bool)  # cross-validation: model f trains on every fold but f
+    a = local.evaluate(betas, include, heldout=True)
+    b = remote.evaluate(betas, include, heldout=True, label="test pass")
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-10)
+    np.testing.assert_allclose(b.grad, a.grad, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(b.hess, a.hess, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(b.heldout_loss, a.heldout_loss, rtol=1e-10)
+    np.testing.assert_array_equal(b.max_abs_eta, a.max_abs_eta)
+    assert remote.passes == 1 and remote.jobs == 1
