@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.oracle.kernel import BlockSums
+from segmentation.oracle.kernel import BlockSums, auc_from_histogram
 
 
 @dataclass
@@ -25,6 +25,7 @@ class OracleResult:
     hess: np.ndarray | None          # (M, K, p, p) or None
     max_abs_eta: np.ndarray          # (M, K) largest |linear predictor| on training rows
     heldout_loss: np.ndarray         # (M,) mean loss on held-out rows (nan when none)
+    heldout_auc: np.ndarray | None = None  # (M,) AUC of the held-out predictions (binned)
 
     def model(self, m: int) -> "OracleResult":
         """The answer for one model, keeping the leading axis of length 1."""
@@ -32,6 +33,7 @@ class OracleResult:
             self.loss[m:m + 1], self.grad[m:m + 1],
             None if self.hess is None else self.hess[m:m + 1],
             self.max_abs_eta[m:m + 1], self.heldout_loss[m:m + 1],
+            None if self.heldout_auc is None else self.heldout_auc[m:m + 1],
         )
 
 
@@ -76,6 +78,8 @@ class Oracle(abc.ABC):
             hess=None if s.hess is None else s.hess * scale[:, None, None, None],
             max_abs_eta=s.max_abs_eta,
             heldout_loss=held,
+            heldout_auc=None if s.heldout_hist is None else np.array(
+                [auc_from_histogram(h) for h in s.heldout_hist]),
         )
 
     def n_rows(self, include=None) -> float:

@@ -14,6 +14,11 @@ rows are sorted by (creative, fold), so each (c, f) slice is multiplied once by 
 coefficients of every model it trains.
 
 Returned values are *sums* (not means): the caller divides by the training row count.
+
+Held-out rows (those a model does not train on) give the cross-validation metrics: their
+summed loss, and a histogram of their linear predictor by response (``AUC_BINS`` bins of
+width 0.01 on eta in [-AUC_RANGE, AUC_RANGE], clipped) from which the AUC follows with ties
+inside a bin counted one half, as Spark's binned BinaryClassificationMetrics does.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class BlockSums:
     hess: np.ndarray | None          # (M, K, p, p)
     max_abs_eta: np.ndarray          # (M, K) largest |eta| on training rows
     heldout_loss: np.ndarray         # (M,) loss summed over rows *not* in the training set
+    heldout_hist: np.ndarray | None = None  # (M, AUC_BINS, 2) held-out counts by eta bin, y=0/1
 
     def __iadd__(self, other: "BlockSums") -> "BlockSums":
         self.loss += other.loss
@@ -40,6 +46,10 @@ class BlockSums:
             self.hess += other.hess
         np.maximum(self.max_abs_eta, other.max_abs_eta, out=self.max_abs_eta)
         self.heldout_loss += other.heldout_loss
+        if other.heldout_hist is not None:
+            if self.heldout_hist is None:
+                self.heldout_hist = np.zeros_like(other.heldout_hist)
+            self.heldout_hist += other.heldout_hist
         return self
 
     @classmethod
@@ -51,6 +61,26 @@ class BlockSums:
             max_abs_eta=np.zeros((M, K)),
             heldout_loss=np.zeros(M),
         )
+
+
+AUC_RANGE = 15.0
+AUC_BINS = 3000
+
+
+def eta_bins(eta: np.ndarray) -> np.ndarray:
+    """Histogram bin of each linear predictor (monotone in eta, so in the predicted probability)."""
+    scaled = (np.clip(eta, -AUC_RANGE, AUC_RANGE) + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))
+    return np.minimum(scaled.astype(np.int64), AUC_BINS - 1)
+
+
+def auc_from_histogram(hist: np.ndarray) -> float:
+    """AUC = P(score of a positive > score of a negative) + 0.5 P(same bin), from (B, 2) counts."""
+    neg, pos = hist[:, 0].astype(float), hist[:, 1].astype(float)
+    n_neg, n_pos = neg.sum(), pos.sum()
+    if n_neg == 0 or n_pos == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
 
 
 def neg_loglik(eta: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -80,6 +110,8 @@ def block_statistics(
     if block.n_creatives != K or include.shape != (M, F):
         raise ValueError("block, coefficients and include mask disagree on K or F")
     out = BlockSums.zeros(M, K, p, curvature)
+    if heldout:
+        out.heldout_hist = np.zeros((M, AUC_BINS, 2))
     for c in range(K):
         for f in range(F):
             rows = block.rows(c, f)
@@ -104,4 +136,8 @@ def block_statistics(
                 if test.size:
                     eta = X @ betas[test, c, :].T
                     out.heldout_loss[test] += neg_loglik(eta, y[:, None]).sum(axis=0)
+                    bins = eta_bins(eta)
+                    yi = y.astype(np.int64)
+                    for t, m in enumerate(test):
+                        np.add.at(out.heldout_hist[m], (bins[:, t], yi), 1.0)
     return out

@@ -71,3 +71,17 @@ def test_spark_oracle_matches_local(spark, tmp_path, n_blocks):
     np.testing.assert_allclose(b.heldout_loss, a.heldout_loss, rtol=1e-10)
     np.testing.assert_array_equal(b.max_abs_eta, a.max_abs_eta)
     assert remote.passes == 1 and remote.jobs == 1
+
+
+def test_binned_auc_matches_exact_auc():
+    from sklearn.metrics import roc_auc_score
+
+    X, y, creative, fold = _data(n=4000, seed=3)
+    rng = np.random.default_rng(4)
+    beta = rng.normal(scale=0.7, size=(K, P))
+    oracle = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    include = np.array([[False, True, True]])
+    r = oracle.evaluate(beta[None], include, heldout=True, curvature=False)
+    test = fold == 0
+    eta = np.einsum("ij,ij->i", X, beta[creative])
+    assert r.heldout_auc[0] == pytest.approx(roc_auc_score(y[test], eta[test]), abs=2e-4)
