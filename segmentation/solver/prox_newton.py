@@ -1,0 +1,341 @@
+"""Proximal Newton for the fused group lasso, as an ask/tell state machine.
+
+Problem (theta = (gamma, delta), beta_c = gamma_{j(c)} + delta_c, see ``penalty.py``):
+
+    minimise F(theta) = L(beta) + P(gamma, delta)
+
+with L the mean negative log-likelihood answered by an oracle. Iteration k (Lee, Sun &
+Saunders 2014, "Proximal Newton-type methods for minimizing composite functions"):
+
+1. At theta_k the oracle gives L, g = grad_beta L and the per-creative Hessians H_c.
+   Residual r_k = ||theta_k - prox_P(theta_k - grad_theta L)||_2 (``optimality.py``); stop
+   when r_k <= tol (converged).
+2. Solve the penalised quadratic model (``subproblem.QuadraticModel``)
+       theta_hat = argmin g'(beta - beta_k) + 1/2 sum_c (beta_c - beta_k,c)' H_c (...) + P(theta)
+   inexactly, to a model residual <= max(min(0.1, r_k) r_k, 0.1 tol) (superlinear inexact
+   Newton). Direction d = theta_hat - theta_k; exact zeros (fusion, sparse gamma) come from
+   the model's exact block minimisation, i.e. prox operations, never from subgradients.
+3. Backtracking: t = 1, 1/2, ... until
+       F(theta_k + t d) <= F(theta_k) + 1e-4 t Delta,   Delta = g'd_beta + P(theta_hat) - P(theta_k) < 0
+   (plus a rounding slack of 1e-13 (1 + |F|)). Each trial is one oracle pass that also returns
+   gradient and Hessians, so an accepted trial's pass starts the next iteration: one pass per
+   iteration when full steps are accepted (the usual case near the solution).
+
+Ask/tell: ``ask()`` returns the (K, p) point the state needs evaluated (None when done) and
+``tell(loss, grad, hess, max_abs_eta)`` hands over the oracle's answer for it, so several
+independent problems (folds, alphas, lambdas) can share oracle passes (``fit_many``).
+
+Convergence is declared only when the measured residual is <= tol; hitting ``max_iter`` (Newton
+iterations) or a failed line search ends the fit with ``converged=False`` and a
+``ConvergenceWarning``. Divergence (separation) raises ``SeparationError`` (``separation.py``).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from segmentation.errors import ConvergenceWarning, SeparationError
+from segmentation.solver.optimality import kkt_residual
+from segmentation.solver.penalty import FusedGroupPenalty, to_beta
+from segmentation.solver.separation import (SLOW_ETA, SeparationMonitor,
+                                            check_degenerate_responses)
+from segmentation.solver.structure import SegmentStructure
+from segmentation.solver.subproblem import QuadraticModel
+
+ARMIJO = 1e-4
+MIN_STEP = 1e-10
+
+
+@dataclass
+class FitResult:
+    gamma: np.ndarray            # (m, p)
+    delta: np.ndarray            # (K, p); exactly 0 for fused creatives
+    beta: np.ndarray             # (K, p) = gamma[segment_of] + delta
+    objective: float             # F = loss + penalty at the returned point
+    loss: float                  # mean negative log-likelihood on the training rows
+    penalty: float
+    residual: float              # ||theta - prox_P(theta - grad L)||_2 at the returned point
+    n_iter: int                  # Newton iterations (model solves)
+    n_passes: int                # oracle evaluations this problem took part in
+    converged: bool
+    fused: np.ndarray            # (K,) bool: delta_c exactly all zero
+    message: str
+    lam: float = np.nan
+    alpha: float = np.nan
+    inner_iterations: int = 0    # reduced Newton iterations inside the model solves, summed
+    grad: np.ndarray | None = None   # (K, p) beta-gradient of L at the returned point
+
+
+@dataclass
+class Problem:
+    """One fit for ``fit_many``: penalty, training folds and optional warm start."""
+    lam: float
+    alpha: float
+    include: np.ndarray | None = None      # (F,) bool training folds; None = all
+    warm_start: object = None              # (gamma, delta) or a FitResult
+    label: str = ""
+
+
+def _theta_from(warm_start, m: int, K: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    if warm_start is None:
+        return np.zeros((m, p)), np.zeros((K, p))
+    if hasattr(warm_start, "gamma"):
+        gamma, delta = warm_start.gamma, warm_start.delta
+    else:
+        gamma, delta = warm_start
+    gamma = np.array(gamma, dtype=np.float64, copy=True)
+    delta = np.array(delta, dtype=np.float64, copy=True)
+    if gamma.shape != (m, p) or delta.shape != (K, p):
+        raise ValueError(f"warm start must be gamma ({m}, {p}) and delta ({K}, {p}); "
+                         f"got {gamma.shape} and {delta.shape}")
+    if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(delta))):
+        raise ValueError("warm start holds non-finite coefficients")
+    return gamma, delta
+
+
+class ProxNewton:
+    """State of one proximal Newton fit (module docstring). Drive with ask()/tell()."""
+
+    def __init__(self, structure: SegmentStructure, lam: float, alpha: float, n_features: int,
+                 tol: float = 1e-6, max_iter: int = 50, warm_start=None, *,
+                 train_counts=None, train_positives=None, label: str = ""):
+        self.structure = structure
+        self.penalty = FusedGroupPenalty(structure, lam, alpha)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.label = label
+        m, K, p = structure.n_segments, structure.n_creatives, int(n_features)
+        self.p = p
+        if train_counts is not None and train_positives is not None:
+            check_degenerate_responses(self.penalty, train_counts, train_positives, label)
+        gamma, delta = _theta_from(warm_start, m, K, p)
+        if warm_start is None and train_counts is not None and train_positives is not None:
+            gamma[:, 0] = _pooled_log_odds(structure, train_counts, train_positives)
+        self.gamma, self.delta = self.penalty.project_feasible(gamma, delta)
+        self.monitor = SeparationMonitor(self.penalty, label)
+        # current accepted point
+        self.loss = np.nan
+        self.pen_value = self.penalty.value(self.gamma, self.delta)
+        self.grad = self.hess = self.eta = None
+        self.residual = np.inf
+        # line search
+        self._trial = (self.gamma, self.delta)
+        self._dir = None
+        self._t = 1.0
+        self._decrement = 0.0
+        self._trial_pen = self.pen_value
+        self._started = False
+        self.n_iter = 0
+        self.n_passes = 0
+        self.inner_iterations = 0
+        self._done = False
+        self._converged = False
+        self.message = ""
+
+    # ---- public state -------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def converged(self) -> bool:
+        return self._converged
+
+    @property
+    def objective(self) -> float:
+        return self.loss + self.pen_value
+
+    def ask(self) -> np.ndarray | None:
+        """The (K, p) coefficients to evaluate next, or None when the fit is finished."""
+        if self._done:
+            return None
+        return to_beta(self.structure, *self._trial)
+
+    def tell(self, loss, grad, hess, max_abs_eta) -> None:
+        """The oracle's answer at the point returned by the last ask()."""
+        if self._done:
+            raise RuntimeError("tell() after the fit finished")
+        K, p = self.structure.n_creatives, self.p
+        loss = float(np.asarray(loss).reshape(()))
+        grad = np.asarray(grad, dtype=np.float64).reshape(K, p)
+        hess = np.asarray(hess, dtype=np.float64).reshape(K, p, p)
+        eta = np.asarray(max_abs_eta, dtype=np.float64).reshape(K)
+        self.n_passes += 1
+        finite = np.isfinite(loss) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))
+        if not self._started:
+            if not finite:
+                raise FloatingPointError(
+                    f"the oracle returned a non-finite loss/gradient at the starting point"
+                    f"{' (' + self.label + ')' if self.label else ''}; check the warm start")
+            self._started = True
+            self._accept(loss, grad, hess, eta)
+            return
+        F_trial = loss + self._trial_pen if finite else np.inf
+        F_k = self.objective
+        bound = F_k + ARMIJO * self._t * self._decrement + 1e-13 * (1.0 + abs(F_k))
+        if F_trial <= bound:
+            self.gamma, self.delta = self._trial
+            self.pen_value = self._trial_pen
+            self._accept(loss, grad, hess, eta)
+            return
+        self._t *= 0.5
+        if self._t < MIN_STEP:
+            self._finish(False, f"line search failed (step < {MIN_STEP:g}) at residual "
+                                f"{self.residual:.3g}")
+            return
+        self._set_trial()
+
+    def result(self) -> FitResult:
+        if not self._started:
+            raise RuntimeError("result() before any oracle answer")
+        beta = to_beta(self.structure, self.gamma, self.delta)
+        return FitResult(
+            gamma=self.gamma.copy(), delta=self.delta.copy(), beta=beta,
+            objective=self.objective, loss=self.loss, penalty=self.pen_value,
+            residual=self.residual, n_iter=self.n_iter, n_passes=self.n_passes,
+            converged=self._converged, fused=np.all(self.delta == 0.0, axis=1),
+            message=self.message, lam=self.penalty.lam, alpha=self.penalty.alpha,
+            inner_iterations=self.inner_iterations, grad=self.grad.copy(),
+        )
+
+    # ---- internals ----------------------------------------------------------------------
+    def _accept(self, loss, grad, hess, eta) -> None:
+        self.loss, self.grad, self.hess, self.eta = loss, grad, hess, eta
+        self.residual = kkt_residual(self.penalty, self.gamma, self.delta, grad)
+        self.monitor.update(self.objective, eta)
+        direction = None
+        if self.residual <= self.tol:
+            if np.any(self.monitor.candidates(eta, SLOW_ETA)):
+                direction = self._newton_direction(1e-3 * self.residual)
+                beta = to_beta(self.structure, self.gamma, self.delta)
+                step = to_beta(self.structure, direction[0] - self.gamma, direction[1] - self.delta)
+                slow = self.monitor.keep_going(eta, beta, step)
+            else:
+                slow = False
+            if not slow:
+                self._finish(True, f"converged: residual {self.residual:.3g} <= tol {self.tol:g}")
+                return
+        if self.n_iter >= self.max_iter:
+            self._finish(False, f"max_iter={self.max_iter} reached with residual "
+                                f"{self.residual:.3g} (tol {self.tol:g})")
+            return
+        if direction is None:
+            direction = self._newton_direction()
+        gh, dh, decrement, pen_hat = direction
+        if not decrement < 0:
+            self._finish(self.residual <= self.tol,
+                         f"no descent direction (model decrement {decrement:.3g}) at residual "
+                         f"{self.residual:.3g}")
+            return
+        self.n_iter += 1
+        self._dir = (gh - self.gamma, dh - self.delta, gh, dh)
+        self._decrement = decrement
+        self._t = 1.0
+        self._set_trial(pen_hat)
+
+    def _newton_direction(self, inner_tol: float | None = None):
+        beta = to_beta(self.structure, self.gamma, self.delta)
+        model = QuadraticModel(self.penalty, beta, self.grad, self.hess)
+        if inner_tol is None:
+            inner_tol = max(min(0.1, self.residual) * self.residual, 0.1 * self.tol)
+        gh, dh, info = model.solve(self.gamma, self.delta, inner_tol)
+        self.inner_iterations += info.iterations
+        pen_hat = self.penalty.value(gh, dh)
+        d_beta = to_beta(self.structure, gh - self.gamma, dh - self.delta)
+        decrement = float(np.sum(self.grad * d_beta)) + pen_hat - self.pen_value
+        return gh, dh, decrement, pen_hat
+
+    def _set_trial(self, pen_hat: float | None = None) -> None:
+        dg, dd, gh, dh = self._dir
+        if self._t == 1.0:
+            self._trial = (gh, dh)              # the model solution itself: exact zeros kept
+            self._trial_pen = pen_hat if pen_hat is not None else self.penalty.value(gh, dh)
+        else:
+            g_t, d_t = self.gamma + self._t * dg, self.delta + self._t * dd
+            self._trial = (g_t, d_t)
+            self._trial_pen = self.penalty.value(g_t, d_t)
+
+    def _finish(self, converged: bool, message: str) -> None:
+        self._done = True
+        self._converged = bool(converged)
+        self.message = message
+        if not (np.all(np.isfinite(self.gamma)) and np.all(np.isfinite(self.delta))):
+            raise SeparationError(f"the fit{' (' + self.label + ')' if self.label else ''} "
+                                  f"produced non-finite coefficients: {message}")
+        if not self._converged:
+            warnings.warn(
+                f"proximal Newton did not converge{' (' + self.label + ')' if self.label else ''}"
+                f" at lambda={self.penalty.lam:g}, alpha={self.penalty.alpha:g}: {message}",
+                ConvergenceWarning, stacklevel=3)
+
+
+def _pooled_log_odds(structure: SegmentStructure, counts, positives) -> np.ndarray:
+    """Per-segment logit of the pooled response rate (clipped away from 0 and 1): a cold start
+    for gamma_j[0] that costs no pass."""
+    counts = np.asarray(counts, dtype=float)
+    positives = np.asarray(positives, dtype=float)
+    seg = structure.segment_index
+    n = np.bincount(seg, weights=counts, minlength=structure.n_segments)
+    s = np.bincount(seg, weights=positives, minlength=structure.n_segments)
+    rate = (s + 0.5) / (n + 1.0)
+    return np.log(rate) - np.log1p(-rate)
+
+
+# ---- drivers ------------------------------------------------------------------------------
+def _as_problem(pr) -> Problem:
+    if isinstance(pr, Problem):
+        return pr
+    if isinstance(pr, dict):
+        return Problem(**pr)
+    raise TypeError(f"a problem must be a dict or a Problem, got {type(pr).__name__}")
+
+
+def _include_mask(oracle, include) -> np.ndarray:
+    if include is None:
+        return np.ones(oracle.n_folds, dtype=bool)
+    inc = np.asarray(include, dtype=bool).reshape(-1)
+    if inc.shape != (oracle.n_folds,):
+        raise ValueError(f"include must be ({oracle.n_folds},) bool; got shape {inc.shape}")
+    return inc
+
+
+def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6,
+             max_iter: int = 50, label: str = "") -> list[FitResult]:
+    """Fit independent problems (dicts or ``Problem``: lam, alpha, include, warm_start, label)
+    on one oracle, advancing them together: each ``oracle.evaluate`` call carries the stacked
+    points of every unfinished problem, with its include mask (M, F). A problem needs about
+    one pass per Newton iteration, so the call count is about the largest, not the sum, of
+    the problems' pass counts. Results are in the order of ``problems``."""
+    if oracle.n_creatives != structure.n_creatives:
+        raise ValueError(f"oracle has {oracle.n_creatives} creatives, structure has "
+                         f"{structure.n_creatives}")
+    probs = [_as_problem(pr) for pr in problems]
+    masks = [_include_mask(oracle, pr.include) for pr in probs]
+    states = []
+    for pr, inc in zip(probs, masks):
+        name = pr.label or label
+        states.append(ProxNewton(
+            structure, pr.lam, pr.alpha, oracle.n_features, tol=tol, max_iter=max_iter,
+            warm_start=pr.warm_start, train_counts=inc.astype(float) @ oracle.counts,
+            train_positives=inc.astype(float) @ oracle.positives, label=name))
+    while True:
+        asks = [(i, s.ask()) for i, s in enumerate(states) if not s.done]
+        if not asks:
+            break
+        idx = [i for i, _ in asks]
+        betas = np.stack([b for _, b in asks])
+        include = np.stack([masks[i] for i in idx])
+        res = oracle.evaluate(betas, include, curvature=True, label=label)
+        for row, i in enumerate(idx):
+            states[i].tell(res.loss[row], res.grad[row], res.hess[row], res.max_abs_eta[row])
+    return [s.result() for s in states]
+
+
+def fit(oracle, structure: SegmentStructure, lam: float, alpha: float, *, include=None,
+        warm_start=None, tol: float = 1e-6, max_iter: int = 50, label: str = "") -> FitResult:
+    """Fit one problem by proximal Newton (one oracle pass per trial point)."""
+    return fit_many(oracle, structure,
+                    [Problem(lam, alpha, include=include, warm_start=warm_start, label=label)],
+                    tol=tol, max_iter=max_iter, label=label)[0]
