@@ -12,7 +12,7 @@ from segmentation.solver.optimality import kkt_violations
 from segmentation.solver.penalty import FusedGroupPenalty, to_beta
 from segmentation.solver.prox_newton import ProxNewton, fit
 
-from conftest import cvx_reference, simulate
+from solver_testdata import cvx_reference, simulate
 
 M1 = None                                              # {A: 3, B: 2, C: 1} (conftest.MAPPING)
 M2 = {"A": ["a1", "a2", "a3"], "B": ["b1"], "ctl": ["k"]}   # free control arm
@@ -103,7 +103,7 @@ def test_kkt_and_exact_fusion(mapping, free, seed, alpha, frac):
 def test_pass_counts_cold_and_warm():
     st, oracle, _ = simulate(seed=0, n=600, p=5)
     for alpha in [0.0, 0.3, 0.95]:
-        _, lmax = fit_null(oracle, st, alpha) if alpha < 1 else (None, 1.0)
+        _, lmax = fit_null(oracle, st, alpha)
         lam = 0.1 * lmax
         oracle.passes = 0
         cold = fit(oracle, st, lam, alpha)

@@ -7,7 +7,7 @@ import pytest
 from segmentation.solver.penalty import FusedGroupPenalty
 from segmentation.solver.subproblem import QuadraticModel, damped, group_block_solve, lasso_exact
 
-from conftest import simulate
+from solver_testdata import simulate
 
 
 def _psd(rng, p, rank=None, cond=1e3):
