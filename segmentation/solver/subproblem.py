@@ -11,30 +11,41 @@ covariates (singular H_c) are harmless. The model gradient with respect to beta_
 r_c = g_c + H_c (beta_c - beta0_c); it is kept up to date as blocks move.
 
 Q decouples over segments (beta_c depends on gamma_{j(c)} and delta_c only), so each segment
-is solved on its own by block coordinate descent with *exact* block minimisation:
+is solved on its own, with *exact* minimisation over the delta blocks:
 
 - delta_c, penalised, weight w = lam (1-alpha)/n_j: with b = r_c - H_c delta_c (the model
   gradient at delta_c = 0), minimise b'd + 1/2 d'H d + w ||d||_2. The solution is d = 0 iff
-  ||b|| <= w; otherwise d = -(H + (w/t) I)^{-1} b with t = ||d|| > 0, the root of
+  ||b|| <= w (an exact zero: the creative is fused); otherwise d = -(H + (w/t) I)^{-1} b with
+  t = ||d|| > 0, the root of
       sum_i  bt_i^2 / (e_i t + w)^2 = 1,      H = V diag(e) V',  bt = V'b,
   found by safeguarded Newton on psi(t) = 1/sqrt(sum_i bt_i^2/(e_i t + w)^2) - 1
-  (increasing, nearly linear) inside the bracket [(||b||-w)/e_max, (||b||-w)/e_min].
-  w = 0 gives the Newton step d = -H^{-1} b. A free creative keeps d = 0.
-- gamma_j, Hessian A_j = sum_{c in j} H_c, gradient R = sum_{c in j} r_c: with no L1 weight
-  (alpha = 0 or a free segment) the exact step u = -A_j^{-1} R; otherwise cyclic coordinate
-  descent on  R'u + 1/2 u'A_j u + w ||gamma_j[1:] + u[1:]||_1  with exact soft-thresholding
-  (intercept coordinate unpenalised), run to convergence.
+  (increasing, nearly linear) inside the bracket [(||b||-w)/e_max, (||b||-w)/e_min]; the
+  eigendecomposition is computed once per model. w = 0 gives d = -H^{-1} b. A free creative
+  keeps d = 0.
+- gamma_j as a *joint block with its deltas*. With every delta_c of the segment re-optimised
+  as a function of gamma_j (exact, above), the segment's model is
+      S(gamma_j) = phi(gamma_j) + w_gamma ||gamma_j[1:]||_1,
+      phi(gamma_j) = sum_{c in j} min_d [ q_c(gamma_j + d) + w_c ||d|| ],
+  phi convex and C^1 with gradient R = sum_{c in j} r_c (Danskin) and, where the fused set
+  does not change, Hessian (implicit function theorem on the delta_c optimality condition)
+      B = sum_{fused c} H_c + sum_{unfused c} H_c (H_c + Q_c)^{-1} Q_c,
+      Q_c = (w_c/||d_c||) (I - d_c d_c'/||d_c||^2)
+  (B_c = 0 when w_c = 0: delta_c then absorbs any move of gamma_j). S is minimised by proximal
+  Newton on gamma_j alone: the step solves the lasso model
+      min_x R'(x - gamma_j) + 1/2 (x - gamma_j)'(B + mu A_j)(x - gamma_j) + w_gamma ||x[1:]||_1
+  exactly (``lasso_exact``; a direct solve when w_gamma = 0), A_j = sum_{c in j} H_c and
+  mu = 1e-8 (Levenberg: B is singular along directions in which only the deltas' split
+  changes), followed by a backtracking (Armijo) line search on S. Zeros of gamma_j are exact
+  (from the lasso model's active set), zeros of delta_c are exact (from the block solve).
 
-BCD alone is slow when deltas and gamma_j trade the same direction of beta (a flat direction
-of the smooth part, e.g. a segment with n_j = 1): each sweep moves only O(w/h) between them.
-Each sweep therefore ends with a *reduced Newton step* on gamma_j: with every delta_c
-re-optimised as a function of gamma_j (exact, above), the segment objective is
-phi(gamma_j) + w ||gamma_j[1:]||_1, phi smooth with gradient R and Hessian
-    B = sum_{fused c} H_c + sum_{unfused c} H_c (H_c + Q_c)^{-1} Q_c,
-    Q_c = (w_c/||d_c||) (I - d_c d_c'/||d_c||^2),
-(implicit function theorem on the delta_c optimality condition). That L1-regularised Newton
-step (with a small Levenberg term) followed by a backtracking line search on the segment
-objective moves gamma_j along flat directions in one go.
+Why not plain block coordinate descent (gamma_j, then each delta_c)? It converges, but when
+the deltas and gamma_j trade the same direction of beta (a direction in which the smooth part
+is flat and only the split between gamma_j and the deltas changes: a segment with n_j = 1,
+or a share of the deltas that gamma_j should absorb), each sweep moves only O(w/h) between
+the blocks. Measured on a 6-creative, p = 5 model at beta = 0 to a model residual of 1e-10:
+BCD took 30-840 sweeps at alpha = 0 and 0.05, 50-1700 at alpha = 0.3-0.5 and 500-5000+
+(not converged) at alpha = 0.95, against 8-16 reduced Newton iterations summed over the three
+segments here, in a few milliseconds.
 
 Stopping: the model's own prox-gradient residual ||theta - prox_P(theta - grad_theta Q)||
 (step 1), the same measure as the outer residual, compared with the tolerance the driver
