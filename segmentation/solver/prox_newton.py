@@ -208,7 +208,7 @@ class ProxNewton:
         direction = None
         if self.residual <= self.tol:
             if np.any(self.monitor.candidates(eta, SLOW_ETA)):
-                direction = self._newton_direction(1e-3 * self.residual)
+                direction = self._newton_direction(max(1e-3 * self.residual, 1e-14))
                 beta = to_beta(self.structure, self.gamma, self.delta)
                 step = to_beta(self.structure, direction[0] - self.gamma, direction[1] - self.delta)
                 slow = self.monitor.keep_going(eta, beta, step)
