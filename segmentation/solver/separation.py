@@ -16,8 +16,8 @@ The intercept cases are caught before any data pass from the training counts and
 (``check_degenerate_responses``). Covariate separation is caught while fitting from the largest
 |linear predictor| per creative (``SeparationMonitor``): a creative is *saturated* when
 max |eta| > ``ETA_SATURATED`` (fitted probabilities numerically 0 or 1); if, in a direction the
-penalty leaves unbounded, it stays saturated with |eta| growing while the objective decreases for
-``PATIENCE`` accepted Newton steps, the coefficients are diverging.
+penalty leaves unbounded, it stays saturated with |eta| growing at a non-decreasing pace while
+the objective decreases for ``PATIENCE`` accepted Newton steps, the coefficients are diverging.
 
 Slow divergence. When the separating rows sit far from the boundary (e.g. a binary covariate
 that predicts one creative's response perfectly), |eta| grows by about one per Newton step
@@ -111,6 +111,7 @@ class SeparationMonitor:
         self.streak = np.zeros(K, dtype=int)
         self.prev_eta: np.ndarray | None = None
         self.prev_obj = np.inf
+        self.prev_growth = np.zeros(K)
         self.slow_streak = 0
         self.prev_slow_step: np.ndarray | None = None
 
@@ -127,15 +128,25 @@ class SeparationMonitor:
         return sat & elig
 
     def update(self, objective: float, max_abs_eta: np.ndarray) -> None:
-        """Record an accepted iterate; raise SeparationError once divergence is established."""
+        """Record an accepted iterate; raise SeparationError once divergence is established.
+
+        A creative's streak grows when it is saturated in an unboundable direction, its max
+        |eta| grew by more than ETA_GROWTH and by at least half the previous growth (Newton
+        converging to a finite point with a large |eta|, e.g. an outlying covariate value,
+        shrinks these increments quadratically; diverging coefficients do not), and the
+        objective decreased.
+        """
         eta = np.asarray(max_abs_eta, dtype=float)
+        growth = np.zeros_like(eta)
         if self.prev_eta is not None:
-            growing = (eta > self.prev_eta + ETA_GROWTH) & self.candidates(eta)
+            growth = eta - self.prev_eta
+            steady = (growth > ETA_GROWTH) & (growth >= 0.5 * self.prev_growth)
+            growing = steady & self.candidates(eta)
             if objective < self.prev_obj:
                 self.streak = np.where(growing, self.streak + 1, 0)
             else:
                 self.streak[:] = 0
-        self.prev_eta, self.prev_obj = eta, objective
+        self.prev_eta, self.prev_obj, self.prev_growth = eta, objective, growth
         bad = np.flatnonzero(self.streak >= PATIENCE)
         if bad.size:
             self.raise_for(bad, eta)

@@ -123,3 +123,20 @@ def test_singular_designs_are_fine(kind, lam, alpha):
     for a in (res.beta, res.gamma, res.delta, res.grad):
         assert np.all(np.isfinite(a))
     assert np.isfinite(res.objective)
+
+
+def test_outlying_covariate_with_a_finite_fit_does_not_raise():
+    """|eta| ~ 50-100 at the (finite) maximum likelihood: saturated, but not diverging."""
+    rng = np.random.default_rng(1)
+    n = 600
+    X = rng.normal(size=(n, 3))
+    cr = rng.integers(0, ST.n_creatives, n)
+    X[:12, 0] = rng.choice([-80.0, 80.0], size=12)
+    cr[:12] = np.arange(12) % ST.n_creatives
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.8 * X[:, 0] - 0.5)))).astype(float)
+    oracle = _oracle(X, y, cr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fit(oracle, ST, 0.0, 0.5)
+    assert res.converged
+    assert np.max(oracle.evaluate(res.beta).max_abs_eta) > 50
