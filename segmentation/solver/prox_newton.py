@@ -25,9 +25,17 @@ Ask/tell: ``ask()`` returns the (K, p) point the state needs evaluated (None whe
 ``tell(loss, grad, hess, max_abs_eta)`` hands over the oracle's answer for it, so several
 independent problems (folds, alphas, lambdas) can share oracle passes (``fit_many``).
 
+Start: ``warm_start`` (gamma, delta) or a FitResult; otherwise gamma = delta = 0, except that
+when the training counts and positives are known (``fit``/``fit_many`` pass them) each gamma_j[0]
+starts at the pooled log-odds of its segment (saves ~0.3 passes on average; free).
+
 Convergence is declared only when the measured residual is <= tol; hitting ``max_iter`` (Newton
 iterations) or a failed line search ends the fit with ``converged=False`` and a
-``ConvergenceWarning``. Divergence (separation) raises ``SeparationError`` (``separation.py``).
+``ConvergenceWarning``. Divergence (separation) raises ``SeparationError`` (``separation.py``):
+before any pass for intercepts the penalty cannot bound (a creative or segment with no positive
+or no negative responses), and while fitting from max |eta|; at a point with residual <= tol
+the solver keeps iterating while a saturated, unboundable creative still has a large Newton
+step (slow divergence), so a diverging fit is never reported as converged.
 """
 from __future__ import annotations
 
@@ -60,7 +68,7 @@ class FitResult:
     n_iter: int                  # Newton iterations (model solves)
     n_passes: int                # oracle evaluations this problem took part in
     converged: bool
-    fused: np.ndarray            # (K,) bool: delta_c exactly all zero
+    fused: np.ndarray            # (K,) bool: delta_c exactly all zero (always for a free creative)
     message: str
     lam: float = np.nan
     alpha: float = np.nan
