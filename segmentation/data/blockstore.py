@@ -1,0 +1,397 @@
+"""Converting an encoded DataFrame to per-partition numpy blocks, once, on disk.
+
+``write_blocks`` runs ONE Spark job: a ``mapInArrow`` over the encoded rows in which each task
+turns its Arrow batches into numpy arrays (no per-row Python objects), prepends the intercept
+column, sorts the rows by (creative, fold) with ``blocks.make_block`` and writes the block with
+``blocks.save_block`` (atomic per file) as ``block-<partition id>.npz``. Each task yields one
+small summary row (partition id, file, row count, per (fold, creative) counts and positives,
+counts of invalid rows); the driver collects them into a :class:`BlockManifest`.
+
+Directory layout: a version ``<uuid>`` is written into ``block_dir/.tmp-<uuid>/`` and renamed to
+``block_dir/<uuid>/`` once every task succeeded and ``manifest.json`` is in place, so a reader
+never sees a half-written version. On any failure the temporary directory is removed.
+
+On a cluster ``block_dir`` must be a path every executor and the driver can read and write
+(DBFS FUSE ``/dbfs/...``, NFS, ...): tasks write their block where they run. ``/dev/shm`` (the
+default of :func:`default_block_dir`) is only right for local mode or a single host.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+
+import numpy as np
+
+from segmentation.data.encode import col_ref
+from segmentation.errors import DataValidationError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+_SUMMARY_SCHEMA = (
+    "partition int, file string, n_rows long, n_features int, counts array<long>, "
+    "positives array<long>, bad_features long, bad_response long, bad_creative long, "
+    "bad_fold long"
+)
+
+
+@dataclass
+class BlockManifest:
+    """Where the blocks of one conversion are and what they hold.
+
+    ``paths[i]`` holds ``rows[i]`` rows; ``counts`` and ``positives`` are (F, K) integer arrays
+    summed over all blocks (rows and positive responses per fold and creative); ``n_features``
+    is p, intercept included. ``directory`` (= ``block_dir/version``) holds the blocks and
+    ``manifest.json``.
+    """
+
+    block_dir: str
+    version: str
+    paths: list[str]
+    rows: list[int]
+    counts: np.ndarray
+    positives: np.ndarray
+    n_features: int
+    n_creatives: int
+    n_folds: int
+    feature_names: list[str] | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @property
+    def directory(self) -> str:
+        """The version directory ``block_dir/version``."""
+        return os.path.join(self.block_dir, self.version)
+
+    @property
+    def n_rows(self) -> int:
+        """Total rows over all blocks."""
+        return int(sum(self.rows))
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of block files (partitions with zero rows write none)."""
+        return len(self.paths)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (see ``from_dict``)."""
+        return {
+            "format": FORMAT_VERSION,
+            "block_dir": self.block_dir,
+            "version": self.version,
+            "paths": list(self.paths),
+            "rows": [int(r) for r in self.rows],
+            "counts": np.asarray(self.counts, dtype=np.int64).tolist(),
+            "positives": np.asarray(self.positives, dtype=np.int64).tolist(),
+            "n_features": int(self.n_features),
+            "n_creatives": int(self.n_creatives),
+            "n_folds": int(self.n_folds),
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BlockManifest":
+        """Inverse of ``to_dict``."""
+        if d.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"unsupported block manifest format {d.get('format')!r}")
+        F, K = int(d["n_folds"]), int(d["n_creatives"])
+        return cls(
+            block_dir=d["block_dir"], version=d["version"], paths=list(d["paths"]),
+            rows=[int(r) for r in d["rows"]],
+            counts=np.asarray(d["counts"], dtype=np.int64).reshape(F, K),
+            positives=np.asarray(d["positives"], dtype=np.int64).reshape(F, K),
+            n_features=int(d["n_features"]), n_creatives=K, n_folds=F,
+            feature_names=d.get("feature_names"), created=d.get("created", ""),
+        )
+
+    def save(self, path: str | None = None) -> str:
+        """Write the manifest as JSON (default ``directory/manifest.json``); return the path."""
+        path = path or os.path.join(self.directory, MANIFEST_NAME)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "BlockManifest":
+        """Read a manifest; ``path`` is the JSON file or the version directory holding it."""
+        if os.path.isdir(path):
+            path = os.path.join(path, MANIFEST_NAME)
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+    def load_blocks(self):
+        """All blocks, loaded in this process (small data and tests)."""
+        from segmentation.data.blocks import load_block
+
+        return [load_block(p) for p in self.paths]
+
+
+def default_block_dir(needed_bytes: int = 1 << 30) -> str:
+    """A fresh, empty directory for blocks: under ``/dev/shm`` when it exists, is writable and
+    has at least ``needed_bytes`` free, else under ``tempfile.gettempdir()``.
+
+    Memory-backed ``/dev/shm`` makes later loads nearly free, but it is per host: use it in local
+    mode only (see the module docstring for clusters). The caller removes it when done.
+    """
+    base = tempfile.gettempdir()
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= needed_bytes:
+            base = shm
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="segmentation-blocks-", dir=base)
+
+
+def add_creative_index(df, creative_col: str, creatives: list[str], index_col: str = "creative_index"):
+    """Add the int column ``index_col``: the position of each row's creative in ``creatives``.
+
+    Built from a Spark map literal (``try_element_at(map(name -> index), creative)``): no Python
+    UDF, no join. Creatives not in the list get null (``write_blocks`` counts and rejects them).
+    """
+    from pyspark.sql import functions as F
+
+    creatives = [str(c) for c in creatives]
+    dup = sorted({c for c in creatives if creatives.count(c) > 1})
+    if dup:
+        raise ValueError(f"creatives listed more than once: {dup}")
+    if not creatives:
+        return df.withColumn(index_col, F.lit(None).cast("int"))
+    mapping = F.map_from_arrays(
+        F.array(*[F.lit(c) for c in creatives]),
+        F.array(*[F.lit(i) for i in range(len(creatives))]),
+    )
+    return df.withColumn(
+        index_col, F.try_element_at(mapping, col_ref(creative_col).cast("string")).cast("int")
+    )
+
+
+def _features_matrix(batch, n_feature_cols: int | None):
+    """(X without intercept, bad row mask, p_in) from one Arrow batch.
+
+    Columns: 0 = y, 1 = creative, 2 = fold, then the features: one list<double> column when
+    ``n_feature_cols`` is None, else that many double columns.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    if n_feature_cols is not None:
+        cols = [batch.column(3 + j).to_numpy(zero_copy_only=False) for j in range(n_feature_cols)]
+        X = np.column_stack(cols).astype(np.float64, copy=False) if cols else np.empty((n, 0))
+        return X, np.zeros(n, dtype=bool), n_feature_cols
+    arr = batch.column(3)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)  # NaN/None for null rows
+    lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, np.nan_to_num(lengths, nan=-1)).astype(np.int64)
+    valid_len = lengths[lengths >= 0]
+    p_in = int(valid_len[0]) if len(valid_len) else 0
+    bad = lengths != p_in
+    if not bad.any():  # the usual case: a zero-copy view of the Arrow values
+        values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        return values.reshape(n, p_in), bad, p_in
+    values = arr.filter(pa.array(~bad)).flatten().to_numpy(zero_copy_only=False)
+    X = np.full((n, p_in), np.nan)
+    X[~bad] = values.astype(np.float64, copy=False).reshape(-1, p_in)
+    return X, bad, p_in
+
+
+def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_creatives: int,
+                     n_folds: int):
+    """mapInArrow task: all batches of a partition -> one block file + one summary row."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    from segmentation.data.blocks import make_block, save_block
+
+    pid = TaskContext.get().partitionId()
+    xs, ys, cs, fs, bads = [], [], [], [], []
+    p_in = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        X, bad, p_b = _features_matrix(batch, n_feature_cols)
+        if p_in is None:
+            p_in = p_b
+        elif p_b != p_in:  # another width in this batch: all its rows are invalid
+            bad = np.ones(batch.num_rows, dtype=bool)
+            X = np.full((batch.num_rows, p_in), np.nan)
+        xs.append(X)
+        bads.append(bad)
+        ys.append(batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
+        cs.append(batch.column(1).to_numpy(zero_copy_only=False))
+        fs.append(batch.column(2).to_numpy(zero_copy_only=False))
+    if not ys:
+        return
+    n = sum(len(y) for y in ys)
+    y = np.concatenate(ys)
+    creative = np.concatenate(cs).astype(np.int64)
+    fold = np.concatenate(fs).astype(np.int64)
+    X = np.empty((n, p_in + 1), dtype=np.float64)
+    X[:, 0] = 1.0
+    start = 0
+    for part in xs:
+        X[start:start + len(part), 1:] = part
+        start += len(part)
+    del xs
+    bad_features = int((np.concatenate(bads) | ~np.isfinite(X).all(axis=1)).sum())
+    bad_response = int((~((y == 0) | (y == 1))).sum())
+    bad_creative = int(((creative < 0) | (creative >= n_creatives)).sum())
+    bad_fold = int(((fold < 0) | (fold >= n_folds)).sum())
+    KF = n_creatives * n_folds
+    if bad_features or bad_response or bad_creative or bad_fold:
+        file, counts, positives = "", np.zeros(KF, dtype=np.int64), np.zeros(KF, dtype=np.int64)
+    else:
+        block = make_block(X, y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+        del X
+        file = f"block-{pid:05d}.npz"
+        save_block(block, os.path.join(tmp_dir, file))
+        counts = block.counts().astype(np.int64)             # (F, K)
+        key = creative * n_folds + fold                        # c * F + f
+        positives = np.bincount(key, weights=y, minlength=KF).reshape(n_creatives, n_folds).T
+        counts = counts.reshape(-1)
+        positives = np.rint(positives).astype(np.int64).reshape(-1)
+    yield pa.RecordBatch.from_pydict(
+        {
+            "partition": pa.array([pid], pa.int32()),
+            "file": pa.array([file], pa.string()),
+            "n_rows": pa.array([n], pa.int64()),
+            "n_features": pa.array([p_in + 1], pa.int32()),
+            "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
+            "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
+            "bad_features": pa.array([bad_features], pa.int64()),
+            "bad_response": pa.array([bad_response], pa.int64()),
+            "bad_creative": pa.array([bad_creative], pa.int64()),
+            "bad_fold": pa.array([bad_fold], pa.int64()),
+        }
+    )
+
+
+def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, response_col: str,
+                 creative_index_col: str, fold_col: str | None = "fold", n_creatives: int,
+                 n_folds: int = 1, block_dir: str | None = None, n_partitions: int | None = None,
+                 feature_names=None) -> BlockManifest:
+    """Convert encoded rows to numpy blocks, one ``.npz`` per non-empty partition; return the manifest.
+
+    Inputs: exactly one of ``feature_col`` (an ``array<double>`` column, as made by
+    ``Encoding.feature_columns``) or ``feature_cols`` (a list of numeric columns), WITHOUT the
+    intercept (it is prepended here as column 0); ``response_col`` (0/1 or boolean);
+    ``creative_index_col`` (int in 0..n_creatives-1, see :func:`add_creative_index`);
+    ``fold_col`` (int in 0..n_folds-1, or None for all rows in fold 0). ``n_partitions``
+    repartitions first (round robin); otherwise the DataFrame's partitioning is kept - keep
+    partitions near the number of cores. ``feature_names`` (intercept included) is only
+    recorded in the manifest.
+
+    The blocks go to ``block_dir/<uuid>/`` (written as ``block_dir/.tmp-<uuid>/`` then renamed);
+    ``block_dir`` defaults to :func:`default_block_dir`. On a cluster ``block_dir`` must be a
+    path every executor can read and write (DBFS/NFS). Partitions with zero rows write no file.
+
+    Rows with null/NaN/infinite features, a response not in {0, 1}, a null or out-of-range
+    creative index or fold make the whole call fail with ``DataValidationError`` (with counts)
+    and leave nothing behind. So does an input with no rows at all.
+
+    Memory: a task holds its partition's Arrow batches and about two (n, p) float64 copies.
+    """
+    from pyspark.sql import functions as F
+
+    if (feature_col is None) == (feature_cols is None):
+        raise ValueError("pass exactly one of feature_col (array column) or feature_cols (list)")
+    if n_creatives < 1 or n_folds < 1:
+        raise ValueError("n_creatives and n_folds must be at least 1")
+    fold_expr = F.lit(0) if fold_col is None else col_ref(fold_col)
+    select = [
+        F.coalesce(col_ref(response_col).cast("double"), F.lit(float("nan"))).alias("y"),
+        F.coalesce(col_ref(creative_index_col).cast("int"), F.lit(-1)).alias("c"),
+        F.coalesce(fold_expr.cast("int"), F.lit(-1)).alias("f"),
+    ]
+    if feature_col is not None:
+        select.append(col_ref(feature_col).cast("array<double>").alias("x"))
+        n_feature_cols = None
+    else:
+        feature_cols = [str(c) for c in feature_cols]
+        select += [col_ref(c).cast("double").alias(f"x{j}") for j, c in enumerate(feature_cols)]
+        n_feature_cols = len(feature_cols)
+    data = df.select(*select)
+    if n_partitions is not None:
+        data = data.repartition(int(n_partitions))
+
+    block_dir = block_dir or default_block_dir()
+    version = uuid.uuid4().hex
+    tmp_dir = os.path.join(block_dir, f".tmp-{version}")
+    final_dir = os.path.join(block_dir, version)
+    os.makedirs(tmp_dir)
+    try:
+        task = partial(_write_partition, tmp_dir=tmp_dir, n_feature_cols=n_feature_cols,
+                       n_creatives=int(n_creatives), n_folds=int(n_folds))
+        summaries = sorted(data.mapInArrow(task, _SUMMARY_SCHEMA).collect(), key=lambda r: r["partition"])
+        bad = {k: sum(int(r[k]) for r in summaries)
+               for k in ("bad_features", "bad_response", "bad_creative", "bad_fold")}
+        problems = []
+        feat_name = feature_col if feature_col is not None else str(feature_cols)
+        if bad["bad_features"]:
+            problems.append(f"features '{feat_name}' have {bad['bad_features']:,} rows that are null, "
+                            "NaN, infinite or of another length")
+        if bad["bad_response"]:
+            problems.append(f"response column '{response_col}' has {bad['bad_response']:,} rows that are not 0/1")
+        if bad["bad_creative"]:
+            problems.append(f"creative index column '{creative_index_col}' has {bad['bad_creative']:,} "
+                            f"rows that are null or outside 0..{n_creatives - 1}")
+        if bad["bad_fold"]:
+            problems.append(f"fold column '{fold_col}' has {bad['bad_fold']:,} rows that are null or "
+                            f"outside 0..{n_folds - 1}")
+        widths = sorted({int(r["n_features"]) for r in summaries})
+        if len(widths) > 1:
+            problems.append(f"features '{feat_name}' have different lengths across partitions: "
+                            f"{[w - 1 for w in widths]}")
+        if not summaries:
+            problems.append("there are no rows to write (0 rows)")
+        if problems:
+            raise DataValidationError("cannot write blocks: " + "; ".join(problems))
+
+        K, Fn = int(n_creatives), int(n_folds)
+        counts = np.zeros((Fn, K), dtype=np.int64)
+        positives = np.zeros((Fn, K), dtype=np.int64)
+        for r in summaries:
+            counts += np.asarray(r["counts"], dtype=np.int64).reshape(Fn, K)
+            positives += np.asarray(r["positives"], dtype=np.int64).reshape(Fn, K)
+        manifest = BlockManifest(
+            block_dir=block_dir, version=version,
+            paths=[os.path.join(final_dir, r["file"]) for r in summaries],
+            rows=[int(r["n_rows"]) for r in summaries],
+            counts=counts, positives=positives, n_features=widths[0],
+            n_creatives=K, n_folds=Fn,
+            feature_names=None if feature_names is None else [str(n) for n in feature_names],
+        )
+        if manifest.feature_names is not None and len(manifest.feature_names) != manifest.n_features:
+            raise ValueError(f"feature_names has {len(manifest.feature_names)} names for "
+                             f"{manifest.n_features} features (intercept included)")
+        manifest.save(os.path.join(tmp_dir, MANIFEST_NAME))
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return manifest
+
+
+def remove_blocks(manifest: BlockManifest) -> None:
+    """Delete the version directory of ``manifest`` (blocks and manifest.json).
+
+    The parent ``block_dir`` is removed too when it is now empty and was made by
+    :func:`default_block_dir` (name ``segmentation-blocks-*``); other parents are left alone.
+    """
+    shutil.rmtree(manifest.directory, ignore_errors=True)
+    parent = manifest.block_dir
+    if os.path.basename(os.path.normpath(parent)).startswith("segmentation-blocks-"):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            pass
