@@ -6,7 +6,9 @@ Conventions (shared with the solver, the truth files of ``simulate`` and scoring
   given, then for each categorical column (in the order given) one indicator ``col=level`` per
   level except the reference level, levels sorted by name.
 - Levels are learned on the training rows and compared as strings (Spark's
-  ``cast(col as string)``; booleans are ``true``/``false``). The reference level is the most
+  ``cast(col as string)``; booleans are ``true``/``false``). Prefer string categoricals: a
+  numeric categorical read by pandas as float (because of missing values) prints ``1.0`` where
+  Spark printed ``1``. The reference level is the most
   frequent one, ties broken by name. A null, or a level not seen in training, maps to all zeros,
   i.e. to the reference level.
 - Standardisation (``standardize=True``): every non-intercept feature, indicators included, is
@@ -184,7 +186,9 @@ class Encoding:
         Default: one ``array<double>`` column ``output_col`` of length p - 1. That is what
         ``blockstore.write_blocks`` consumes best: in ``mapInArrow`` the column arrives as one
         Arrow list array whose flattened values reshape to the (n, p - 1) matrix with no per-row
-        work, and the schema stays one column whatever p is. With ``as_array=False`` the features
+        work, and the schema stays one column whatever p is. Measured on 1M rows x 50 features,
+        local[2]: ``write_blocks`` took about 1.7 s from the array column against 3.9 s from 50
+        separate columns (``np.column_stack`` copy plus wider Arrow batches). With ``as_array=False`` the features
         become separate double columns ``{output_col}_1`` .. ``{output_col}_{p-1}`` (numbered as
         the coefficient columns) instead.
 

@@ -382,7 +382,7 @@ def simulate_campaign(out_dir: str, n_users: int = 200_000, seed: int = 0, *, n_
                       exposures_per_user: int = 1,
                       region_levels=("north", "south", "east", "west"),
                       region_probs=(0.4, 0.3, 0.2, 0.1), chunk_size: int = 100_000,
-                      chunks_per_file: int = 10, overwrite: bool = False) -> dict:
+                      chunks_per_file: int = 1, overwrite: bool = False) -> dict:
     """Write a simulated campaign to ``out_dir``; return the truth dict (plus ``out_dir``).
 
     Files: ``exposures/part-*.parquet`` (user_id string, creative string, response int64 0/1,
