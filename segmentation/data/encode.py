@@ -257,6 +257,7 @@ class Encoding:
         return out
 
     def _check_p(self, b: np.ndarray) -> None:
+        """ValueError unless the last axis of ``b`` has length p."""
         if b.shape[-1] != self.n_features:
             raise ValueError(f"last axis has length {b.shape[-1]}, expected p = {self.n_features}")
 

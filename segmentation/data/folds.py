@@ -28,6 +28,7 @@ def assign_folds(df, user_col: str, n_folds: int, seed: int = 0, fold_col: str =
 
 
 def _check_n_folds(n_folds) -> int:
+    """``n_folds`` as a positive int, or ValueError."""
     if isinstance(n_folds, bool) or int(n_folds) != n_folds or int(n_folds) < 1:
         raise ValueError(f"n_folds must be a positive integer, got {n_folds!r}")
     return int(n_folds)

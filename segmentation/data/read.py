@@ -36,6 +36,7 @@ def _is_local(source: str) -> bool:
 
 
 def _local_path(source: str) -> str:
+    """``source`` without a ``file:`` scheme."""
     if source.startswith("file://"):
         return source[len("file://"):]
     if source.startswith("file:"):

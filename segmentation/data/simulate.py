@@ -59,6 +59,7 @@ class CampaignDesign:
     exposures_per_user: int = 1
 
     def __post_init__(self):
+        """Reject designs the generator cannot honour (ValueError)."""
         if self.n_numeric < 1:
             raise ValueError("n_numeric must be at least 1")
         if not self.segment_sizes or min(self.segment_sizes) < 1:
@@ -75,18 +76,22 @@ class CampaignDesign:
     # ---------------------------------------------------------------- names and shapes
     @property
     def numeric(self) -> list[str]:
+        """Numeric covariate names x1..xd."""
         return [f"x{i + 1}" for i in range(self.n_numeric)]
 
     @property
     def segments(self) -> list[str]:
+        """Segment names seg1..segm."""
         return [f"seg{j + 1}" for j in range(len(self.segment_sizes))]
 
     @property
     def n_creatives(self) -> int:
+        """K, the total number of creatives."""
         return int(sum(self.segment_sizes))
 
     @property
     def creatives(self) -> list[str]:
+        """Creative names cr01.. in segment order."""
         width = max(2, len(str(self.n_creatives)))
         return [f"cr{c + 1:0{width}d}" for c in range(self.n_creatives)]
 
@@ -105,10 +110,12 @@ class CampaignDesign:
 
     @property
     def covariate_mean(self) -> np.ndarray:
+        """(d,) population means of x1..xd."""
         return 2.0 * np.arange(self.n_numeric)
 
     @property
     def covariate_sd(self) -> np.ndarray:
+        """(d,) population sds of x1..xd."""
         return 1.0 + 0.5 * np.arange(self.n_numeric)
 
     @property
@@ -186,10 +193,12 @@ def _scores(coef_num, coef_reg, X, region):
 
 
 def _user_ids(start: int, stop: int, width: int) -> list[str]:
+    """User ids u<zero-padded index> for indices start..stop-1."""
     return [f"u{i:0{width}d}" for i in range(start, stop)]
 
 
 def _id_width(n_users: int) -> int:
+    """Digits of the zero-padded user index (at least 6)."""
     return max(6, len(str(max(n_users - 1, 0))))
 
 
@@ -229,6 +238,7 @@ def _truth(design: CampaignDesign, region_counts: np.ndarray, *, seed: int, n_us
     names = ["intercept"] + design.numeric + [f"region={levels[i]}" for i in onehot]
 
     def convert(num, reg):
+        """Raw (intercept, slopes) + per-level effects -> encoding order with the empirical reference."""
         out = np.column_stack([num[:, :1] + reg[:, [ref]], num[:, 1:],
                                reg[:, onehot] - reg[:, [ref]]])
         return out
@@ -280,6 +290,7 @@ class SimulatedCampaign:
 
 def _design(n_numeric, segment_sizes, base_rate, deviant, exposures_per_user, region_levels,
             region_probs) -> CampaignDesign:
+    """A validated CampaignDesign from plain arguments."""
     return CampaignDesign(
         n_numeric=int(n_numeric), segment_sizes=tuple(int(s) for s in segment_sizes),
         region_levels=tuple(str(r) for r in region_levels),
@@ -341,6 +352,7 @@ def simulate_users(n_users: int = 1_000, seed: int = 0, *, n_numeric: int = 5,
 
 
 def _exposure_frame(design: CampaignDesign, exp, width: int):
+    """pandas exposure rows of one chunk (an empty typed frame for ``exp=None``)."""
     import pandas as pd
 
     if exp is None:
@@ -362,6 +374,7 @@ def _exposure_frame(design: CampaignDesign, exp, width: int):
 
 
 def _user_frame(design: CampaignDesign, users, width: int):
+    """pandas users of one chunk with their true segment (an empty typed frame for ``users=None``)."""
     import pandas as pd
 
     if users is None:

@@ -149,6 +149,7 @@ def _check_schema(df, user_col, creative_col, response_col, covariates, categori
 
 
 def _fmt_names(names, limit: int = 20) -> str:
+    """``['a', 'b']`` style list, cut after ``limit`` names."""
     names = list(names)
     shown = names[:limit]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -194,6 +195,7 @@ def validate_exposures(df, *, user_col: str, creative_col: str, response_col: st
         positive = F.when(resp == F.lit(1), F.lit(1)).otherwise(F.lit(0))
 
     def nsum(cond):
+        """Number of rows where ``cond`` holds (a long)."""
         return F.sum(F.when(cond, F.lit(1)).otherwise(F.lit(0))).cast("long")
 
     aggs = [
