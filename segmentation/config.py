@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segmentation.errors import ConfigError
 
-DEFAULT_ALPHAS = [0.0, 0.25, 0.5, 0.75, 0.95]
+# Why the default alphas stop below 0.5: moving a direction u shared by all creatives of a
+# segment from the deltas into gamma_j saves at most lambda (1-alpha) ||u||_2 of fusion penalty
+# (the 1/n_j weights sum to one) and costs lambda alpha ||u||_1 >= lambda alpha ||u||_2. For
+# alpha >= 0.5 the move never pays, so gamma_j is zero beyond its intercept at every lambda and
+# argmax_j gamma_j . x assigns by base rates only.
+DEFAULT_ALPHAS = [0.0, 0.1, 0.2, 0.3, 0.4]
+DEGENERATE_ALPHA = 0.5
 
 
 class _Section(BaseModel):
@@ -78,6 +84,14 @@ class ModelConfig(_Section):
     @property
     def alphas(self) -> list[float]:
         return DEFAULT_ALPHAS if self.alpha is None else [float(x) for x in _as_list(self.alpha)]
+
+    def alpha_warnings(self) -> list[str]:
+        bad = [a for a in self.alphas if a >= DEGENERATE_ALPHA]
+        if not bad:
+            return []
+        return [f"model.alpha {bad} >= 0.5: gamma_j is then zero beyond its intercept at every lambda "
+                "(the L1 cost of a shared direction exceeds the fusion cost it saves), so users are "
+                "assigned by segment base rates only; use alpha < 0.5 for covariate-driven segments"]
 
     @property
     def single(self) -> bool:

@@ -46,3 +46,21 @@ def _submitted() -> bool:
     return "spark.master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or bool(
         os.environ.get("SPARK_MASTER")
     ) or os.environ.get("SPARK_ENV_LOADED") == "1"
+
+
+def ship_package(spark) -> None:
+    """On a cluster, send this package to the executors (zip + addPyFile) so the oracle's
+    worker module imports there. Local masters share the driver's environment: nothing to do."""
+    sc = spark.sparkContext
+    if sc.master.startswith("local") or getattr(sc, "_segmentation_shipped", False):
+        return
+    import shutil
+    import tempfile
+
+    import segmentation
+
+    pkg_dir = os.path.dirname(os.path.abspath(segmentation.__file__))
+    base = os.path.join(tempfile.mkdtemp(prefix="segmentation-pkg-"), "segmentation")
+    archive = shutil.make_archive(base, "zip", root_dir=os.path.dirname(pkg_dir), base_dir="segmentation")
+    sc.addPyFile(archive)
+    sc._segmentation_shipped = True

@@ -36,7 +36,7 @@ class SparkOracle(Oracle):
 
     @classmethod
     def from_manifest(cls, spark, manifest) -> "SparkOracle":
-        return cls(spark, manifest.block_paths, counts=manifest.counts, positives=manifest.positives,
+        return cls(spark, manifest.paths, counts=manifest.counts, positives=manifest.positives,
                    n_features=manifest.n_features, n_creatives=manifest.n_creatives,
                    n_folds=manifest.n_folds)
 

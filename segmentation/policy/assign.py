@@ -1,0 +1,111 @@
+"""Segment assignment in Spark: user -> argmax_j gamma_j . x, with every segment's score.
+
+Scores are built as Spark Column expressions (no Python UDF): with z(x) the fitting-scale
+features of the model's encoding, gamma_j . x on the original scale equals
+gamma_fit_j . z(x), so the same expressions that built the training design score new users.
+Ties go to the first segment in model order (as ``numpy.argmax``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+
+from segmentation.data.encode import Encoding, col_ref
+from segmentation.errors import DataValidationError
+from segmentation.model import SegmentationModel
+
+SEGMENT_COL = "segment"
+
+
+def score_column_name(segment: str) -> str:
+    """``score_<segment>`` with characters Parquet dislikes replaced by ``_``."""
+    return "score_" + re.sub(r"[^0-9A-Za-z_]+", "_", segment)
+
+
+def segment_score_expressions(model: SegmentationModel) -> dict[str, object]:
+    """segment name -> Column computing gamma_j . x, for every assignable segment."""
+    from pyspark.sql import functions as F
+
+    enc = Encoding.from_dict(model.encoding)
+    feats = enc.feature_expressions()
+    out = {}
+    for j in model.assignable:
+        g = model.gamma_fit[j]
+        expr = F.lit(float(g[0]))
+        for coef, feat in zip(g[1:], feats):
+            if coef != 0.0:
+                expr = expr + F.lit(float(coef)) * feat
+        out[model.segments[j]] = expr
+    return out
+
+
+def check_columns(df, model: SegmentationModel, user_col: str) -> None:
+    enc = Encoding.from_dict(model.encoding)
+    needed = [user_col, *enc.numeric, *enc.categorical]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"input is missing column(s) {missing} needed to score the model "
+            f"(available: {sorted(df.columns)})")
+
+
+def assign_segments(df, model: SegmentationModel, user_col: str, keep: list[str] | None = None):
+    """DataFrame of ``user_col``, ``segment`` and one ``score_<segment>`` column per segment.
+
+    One row per input row (score a user table, one row per user; for exposure tables with
+    several rows per user, deduplicate first). ``keep`` lists extra input columns to carry.
+    """
+    from pyspark.sql import functions as F
+
+    check_columns(df, model, user_col)
+    scores = segment_score_expressions(model)
+    names = list(scores)
+    cols = {score_column_name(s): e for s, e in scores.items()}
+    score_cols = list(cols)
+    best = F.greatest(*[F.col(c) for c in score_cols]) if len(score_cols) > 1 else F.col(score_cols[0])
+    choose = F.lit(None).cast("string")
+    for name, c in reversed(list(zip(names, score_cols))):   # first maximum wins
+        choose = F.when(F.col(c) == best, F.lit(name)).otherwise(choose)
+    carried = [col_ref(c) for c in (keep or [])]
+    return (df.select(col_ref(user_col), *carried, *[e.alias(c) for c, e in cols.items()])
+              .withColumn(SEGMENT_COL, choose)
+              .select(user_col, *(keep or []), SEGMENT_COL, *score_cols))
+
+
+def segment_shares(df, model: SegmentationModel, user_col: str) -> dict[str, float]:
+    """Share of distinct users assigned to each segment (first row of each user is scored)."""
+    from pyspark.sql import functions as F
+
+    users = df.dropDuplicates([user_col])
+    counts = {r[SEGMENT_COL]: r["n"] for r in
+              assign_segments(users, model, user_col).groupBy(SEGMENT_COL).agg(F.count("*").alias("n")).collect()}
+    total = sum(counts.values()) or 1
+    return {model.segments[j]: counts.get(model.segments[j], 0) / total for j in model.assignable}
+
+
+def write_parquet_atomic(df, path: str) -> None:
+    """Write to a sibling temp path, then rename into place (local filesystem paths).
+
+    For non-local URIs (s3://, abfss://, dbfs:/) Spark's own commit protocol applies and the
+    write goes straight to ``path`` in overwrite mode.
+    """
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.startswith("file://"):
+        df.write.mode("overwrite").parquet(path)
+        return
+    local = path.removeprefix("file://")
+    final = os.path.abspath(local)
+    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        df.write.parquet(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(final):
+        old = f"{tmp}.old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

@@ -1,0 +1,117 @@
+"""What each CLI verb does, as plain functions a notebook or an Airflow task can call too."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from segmentation.config import SegmentConfig
+from segmentation.errors import ConfigError
+from segmentation.model import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+
+def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
+    from segmentation.spark_session import get_or_create_spark, ship_package
+
+    conf = {str(k): str(v) for k, v in ((cfg.spark if cfg else {}) or {}).items()}
+    master = conf.pop("master", None) or conf.pop("spark.master", None)
+    conf = {k if k.startswith("spark.") else f"spark.{k}": v for k, v in conf.items()}
+    spark = get_or_create_spark(app_name=app_name, master=master, conf=conf)
+    ship_package(spark)
+    return spark
+
+
+def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
+    """Fit, write ``output.model_dir`` atomically, print the segment summary."""
+    from segmentation.pipeline import fit_single, prepare, publish_dir, staging_dir
+    from segmentation.policy.assign import segment_shares
+
+    if not cfg.model.single:
+        raise ConfigError("config key 'model.lambda': give one lambda and one alpha "
+                          "(cross-validated selection over a grid is not available in this version)")
+    out_dir = cfg.output.model_dir
+    if os.path.exists(out_dir) and not cfg.output.overwrite:
+        raise ConfigError(f"config key 'output.model_dir': {out_dir} exists and output.overwrite is false")
+    for w in cfg.model.alpha_warnings():
+        log.warning(w)
+    t0 = time.time()
+    spark = spark or spark_for(cfg)
+    prepared = prepare(spark, cfg, n_folds=1)
+    try:
+        model = fit_single(prepared, cfg)
+        model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col)
+        stage = staging_dir(out_dir)
+        model.save(stage)
+        publish_dir(stage, out_dir, cfg.output.overwrite)
+    finally:
+        prepared.release()
+    print(format_summary(model, time.time() - t0))
+    return model
+
+
+def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
+               user_col: str | None = None, spark=None) -> None:
+    from segmentation.data.read import read_exposures
+    from segmentation.policy.assign import assign_segments, write_parquet_atomic
+
+    model = SegmentationModel.load(model_dir)
+    spark = spark or spark_for(None, app_name="segmentation-assign")
+    df = read_exposures(spark, source, fmt)
+    user_col = user_col or model.data.get("user_col") or "user_id"
+    out = assign_segments(df, model, user_col)
+    write_parquet_atomic(out, output)
+    print(f"assigned users from {source} to {len(model.assignable)} segments -> {output}")
+
+
+def run_demo(out: str, n_users: int = 50_000, seed: int = 0) -> SegmentationModel:
+    """Simulate a campaign, fit it (local Spark, local MLflow store), assign its users."""
+    from segmentation.config import parse_config
+    from segmentation.data.simulate import simulate_campaign
+
+    data_dir = os.path.join(out, "campaign")
+    simulate_campaign(data_dir, n_users=n_users, seed=seed, overwrite=True)
+    cfg = parse_config(demo_config(data_dir, os.path.join(out, "model")))
+    model = run_fit(cfg)
+    run_assign(os.path.join(out, "model"), os.path.join(data_dir, "exposures"), os.path.join(out, "assignments"))
+    return model
+
+
+def demo_config(data_dir: str, model_dir: str) -> dict:
+    return {
+        "data": {
+            "exposures": os.path.join(data_dir, "exposures"),
+            "user_col": "user_id", "creative_col": "creative", "response_col": "response",
+            "covariates": ["x1", "x2", "x3", "x4", "x5"], "categorical": ["region"],
+        },
+        "segments_file": os.path.join(data_dir, "creatives.csv"),
+        "model": {"lambda": 0.01, "alpha": 0.1},
+        "output": {"model_dir": model_dir},
+        "spark": {"master": "local[2]", "spark.sql.shuffle.partitions": "4"},
+    }
+
+
+def format_summary(model: SegmentationModel, seconds: float | None = None) -> str:
+    """The table printed at the end of a fit: consistency (fused / n_j), sparsity, shares."""
+    f = model.fit
+    lines = [
+        f"fitted lambda={model.lam:g} alpha={model.alpha:g}: objective {f.get('objective', float('nan')):.6g}, "
+        f"optimality residual {f.get('optimality_residual', float('nan')):.2e} "
+        f"({'converged' if f.get('converged') else 'NOT converged'}) after {f.get('iterations')} iterations, "
+        f"{f.get('passes')} data passes" + (f", {seconds:.1f}s" if seconds is not None else ""),
+        f"{'segment':<20} {'fused/n_j':>9} {'nonzero covariates':>19} {'share of users':>15}",
+    ]
+    shares = model.segment_shares or {}
+    ctrl = model.control_segment
+    for j, name in enumerate(model.segments):
+        members = [c for c in range(len(model.creatives)) if model.segment_of[c] == j]
+        fused = sum(bool(model.fused[c]) for c in members)
+        nz = len(model.nonzero_covariates(j))
+        share = "control" if j == ctrl else (f"{shares[name]:.1%}" if name in shares else "-")
+        lines.append(f"{name:<20} {fused:>4}/{len(members):<4} {nz:>19} {share:>15}")
+    unfused = [model.creatives[c] for c in range(len(model.creatives))
+               if not model.fused[c] and model.segment_of[c] != ctrl]
+    if unfused:
+        lines.append("creatives that do not behave like their segment: " + ", ".join(unfused))
+    return "\n".join(lines)
