@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except SegmentationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError) as e:
+        msg = str(e).replace("pass overwrite=True", "pass --overwrite") if args.verb == "simulate" else str(e)
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 
