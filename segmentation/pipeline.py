@@ -145,6 +145,28 @@ def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
     return to_model(prepared, result, cfg, lam, alpha)
 
 
+CV_TABLE_NAME = "cv_table.csv"
+
+
+def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print):
+    """Cross-validated selection over the (lambda, alpha) grid (``segmentation.selection``);
+    returns (CVResult, SegmentationModel of the full-data fit at the chosen point)."""
+    from segmentation.errors import SegmentationError
+    from segmentation.selection.cv import cross_validate
+
+    m = cfg.model
+    cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
+                        n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
+                        tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv")
+    if cv.chosen is None:
+        raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
+                                "(are some folds empty? try fewer cv.folds)")
+    selection = cv.selection_info()
+    selection.update({"seed": int(cfg.cv.seed), "cv_table": CV_TABLE_NAME, "mlflow_run_id": None})
+    model = to_model(prepared, cv.final_fit, cfg, cv.chosen_lambda, cv.chosen_alpha, selection=selection)
+    return cv, model
+
+
 def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
     """Move a fully written output directory into place (rename; old copy removed after)."""
     final_dir = os.path.abspath(final_dir)

@@ -24,30 +24,75 @@ def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
 
 
 def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
-    """Fit, write ``output.model_dir`` atomically, print the segment summary."""
-    from segmentation.pipeline import fit_single, prepare, publish_dir, staging_dir
+    """Fit, write ``output.model_dir`` atomically, log to MLflow, print the segment summary.
+
+    One (lambda, alpha) in the config: a single fit. Otherwise (no ``model.lambda``, or lists):
+    the cross-validated path of ``segmentation.selection`` over ``cv.folds`` folds; the model
+    directory then also holds ``cv_table.csv`` and model.json a ``selection`` section. With
+    ``mlflow.enabled`` the fit is one parent run (id in ``model.selection['mlflow_run_id']``
+    for CV fits and in ``model.fit['mlflow_run_id']`` always).
+    """
+    from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_single, prepare, publish_dir, staging_dir
     from segmentation.policy.assign import segment_shares
 
-    if not cfg.model.single:
-        raise ConfigError("config key 'model.lambda': give one lambda and one alpha "
-                          "(cross-validated selection over a grid is not available in this version)")
     out_dir = cfg.output.model_dir
     if os.path.exists(out_dir) and not cfg.output.overwrite:
         raise ConfigError(f"config key 'output.model_dir': {out_dir} exists and output.overwrite is false")
+    single = cfg.model.single
+    if not single and cfg.model.lambdas is None and any(a >= 1 for a in cfg.model.alphas):
+        raise ConfigError("config key 'model.alpha': alpha = 1 leaves the creatives unfused at every "
+                          "lambda, so there is no lambda_max to start a path from; give model.lambda "
+                          "or use alpha < 1")
     for w in cfg.model.alpha_warnings():
         log.warning(w)
     t0 = time.time()
-    spark = spark or spark_for(cfg)
-    prepared = prepare(spark, cfg, n_folds=1)
+    tracker = None
+    if cfg.mlflow.enabled:
+        from segmentation.tracking.mlflow_run import FitTracker
+
+        tracker = FitTracker(cfg)
+        log.info("MLflow run %s (%s) at %s", tracker.run_id, tracker.run_name, tracker.uri)
     try:
-        model = fit_single(prepared, cfg)
-        model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col)
-        stage = staging_dir(out_dir)
-        model.save(stage)
-        publish_dir(stage, out_dir, cfg.output.overwrite)
-    finally:
-        prepared.release()
-    print(format_summary(model, time.time() - t0))
+        spark = spark or spark_for(cfg)
+        prepared = prepare(spark, cfg, n_folds=1 if single else cfg.cv.folds)
+        cv = None
+        try:
+            if tracker is not None:
+                tracker.log_data(prepared)
+            if single:
+                model = fit_single(prepared, cfg)
+            else:
+                cv, model = fit_cv(prepared, cfg)
+                print(cv.summary())
+            if tracker is not None:
+                model.fit["mlflow_run_id"] = tracker.run_id
+                if model.selection is not None:
+                    model.selection["mlflow_run_id"] = tracker.run_id
+                    model.selection["mlflow_tracking_uri"] = tracker.uri
+            model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col)
+            stage = staging_dir(out_dir)
+            model.save(stage)
+            if cv is not None:
+                cv.write_table(os.path.join(stage, CV_TABLE_NAME), prepared.structure)
+            publish_dir(stage, out_dir, cfg.output.overwrite)
+        finally:
+            prepared.release()
+        seconds = time.time() - t0
+        if tracker is not None:
+            if cv is not None:
+                secs = tracker.log_cv(cv, prepared.structure)
+                log.info("logged %d grid-point runs to MLflow in %.1fs", len(cv.points), secs)
+            tracker.log_results(model, out_dir, cv=cv, structure=prepared.structure,
+                                extra_metrics={"fit_seconds": seconds})
+            tracker.finish("FINISHED")
+    except BaseException:
+        if tracker is not None:
+            try:
+                tracker.finish("FAILED")
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+    print(format_summary(model, seconds))
     return model
 
 
@@ -65,20 +110,25 @@ def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
     print(f"assigned users from {source} to {len(model.assignable)} segments -> {output}")
 
 
-def run_demo(out: str, n_users: int = 50_000, seed: int = 0) -> SegmentationModel:
-    """Simulate a campaign, fit it (local Spark, local MLflow store), assign its users."""
+def run_demo(out: str, n_users: int = 50_000, seed: int = 0, cv: bool = True) -> SegmentationModel:
+    """Simulate a campaign, fit it (local Spark, local MLflow store), assign its users.
+
+    With ``cv`` (default) lambda and alpha are chosen by a quick cross-validation (3 folds,
+    alphas 0, 0.1, 0.2, 8 lambdas); otherwise one fit at lambda=0.01, alpha=0.1."""
     from segmentation.config import parse_config
     from segmentation.data.simulate import simulate_campaign
 
     data_dir = os.path.join(out, "campaign")
     simulate_campaign(data_dir, n_users=n_users, seed=seed, overwrite=True)
-    cfg = parse_config(demo_config(data_dir, os.path.join(out, "model")))
+    cfg = parse_config(demo_config(data_dir, os.path.join(out, "model"), cv=cv))
     model = run_fit(cfg)
     run_assign(os.path.join(out, "model"), os.path.join(data_dir, "exposures"), os.path.join(out, "assignments"))
     return model
 
 
-def demo_config(data_dir: str, model_dir: str) -> dict:
+def demo_config(data_dir: str, model_dir: str, cv: bool = True) -> dict:
+    model = ({"alpha": [0.0, 0.1, 0.2], "n_lambda": 8, "lambda_min_ratio": 0.01} if cv
+             else {"lambda": 0.01, "alpha": 0.1})
     return {
         "data": {
             "exposures": os.path.join(data_dir, "exposures"),
@@ -86,8 +136,11 @@ def demo_config(data_dir: str, model_dir: str) -> dict:
             "covariates": ["x1", "x2", "x3", "x4", "x5"], "categorical": ["region"],
         },
         "segments_file": os.path.join(data_dir, "creatives.csv"),
-        "model": {"lambda": 0.01, "alpha": 0.1},
+        "model": model,
+        "cv": {"folds": 3, "seed": 0, "rule": "1se"},
         "output": {"model_dir": model_dir},
+        "mlflow": {"tracking_uri": f"sqlite:///{os.path.abspath(os.path.join(os.path.dirname(model_dir), 'mlflow.db'))}",
+                   "experiment": "creative-segmentation-demo"},
         "spark": {"master": "local[2]", "spark.sql.shuffle.partitions": "4"},
     }
 

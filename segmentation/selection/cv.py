@@ -1,0 +1,512 @@
+"""Warm-started lambda paths and F-fold cross-validation, all fitted together in shared passes.
+
+Layout of one run (A alphas, F folds, a grid of n_lambda values per alpha):
+
+1. Null fits (lam = inf) of every alpha on all rows, together (``grid.null_fits``); lambda_max
+   per alpha from their gradients; the grid of each alpha from its lambda_max (or the user's
+   ``model.lambda`` list, the same for every alpha). The same grid serves every fold.
+2. For each lambda index k, ONE ``fit_many`` call carries (F + 1) * A problems: for every
+   alpha, the F fold problems (include = every fold but f) and the full-data problem (include
+   = all folds). Each problem warm-starts from its own solution at index k - 1 (at k = 0 from
+   the full-data null fit). The full-data problems ARE the final model's path: the chosen
+   model costs no extra pass. A pass's job count is one whatever the number of models.
+3. Held-out metrics of index k come free with the FIRST pass of index k + 1: that pass
+   evaluates every problem at its warm start, which is exactly the index-k solution, so the
+   oracle is asked for held-out loss/AUC on that pass (rows are matched by include mask and
+   bitwise-equal coefficients, not by position, so this never depends on solver internals).
+   Whatever was not matched (the last index, a stopped path) is evaluated in one final
+   ``curvature=False, heldout=True`` pass for everything left.
+4. ``select`` applies the rule to the table (``min``: lowest mean held-out deviance; ``1se``:
+   the largest lambda whose mean is within one standard error of that minimum, over all
+   (lambda, alpha) points).
+
+Costs. Spark jobs: about (null-fit passes) + sum_k max_problem(passes at k) + 1, against the
+same minus the final pass for a path on the full data only (``folds=False``): close to 1x.
+Compute per pass grows: a row of fold f trains F - 1 fold models + the full model per alpha,
+so the Hessian work of a pass is about F times that of the full-data path. See the report in
+``CVResult.summary()``.
+
+Separation. If ``fit_many`` raises ``SeparationError`` at index k, the alphas are retried one
+by one at that index; an alpha whose problems still fail stops its path at index k - 1, with
+a warning in the table (``warning`` column) and in ``CVResult.stopped``. Only when no lambda
+succeeded for any alpha is the error raised.
+
+"Deviance" in the table is the mean held-out log loss per row (mean negative log-likelihood,
+i.e. half the binomial deviance); the rules only compare values, so the factor 2 is moot.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from segmentation.errors import SeparationError
+from segmentation.selection.grid import lambda_grid, null_fits
+from segmentation.selection.jobs import count_jobs
+from segmentation.solver.prox_newton import FitResult, Problem, fit_many
+from segmentation.solver.structure import SegmentStructure
+
+RULES = ("min", "1se")
+
+
+@dataclass
+class PathPoint:
+    """One (alpha, lambda) grid point: the full-data fit, the fold fits and their held-out metrics."""
+    alpha_index: int
+    lambda_index: int
+    alpha: float
+    lam: float
+    full: FitResult
+    folds: list[FitResult] | None            # (F,) fold fits (fitting scale); None on a path-only run
+    heldout_deviance: np.ndarray             # (F,) mean held-out log loss per fold (nan if none)
+    heldout_auc: np.ndarray                  # (F,)
+    step_passes: int = 0                     # oracle passes of the fit_many call of this index
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mean_deviance(self) -> float:
+        d = self.heldout_deviance
+        return float(np.mean(d)) if d.size and np.all(np.isfinite(d)) else math.nan
+
+    @property
+    def se_deviance(self) -> float:
+        return _se(self.heldout_deviance)
+
+    @property
+    def mean_auc(self) -> float:
+        a = self.heldout_auc
+        return float(np.mean(a)) if a.size and np.all(np.isfinite(a)) else math.nan
+
+    @property
+    def se_auc(self) -> float:
+        return _se(self.heldout_auc)
+
+
+def _se(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float)
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return math.nan
+    return float(np.std(x, ddof=1) / math.sqrt(x.size))
+
+
+@dataclass
+class CVResult:
+    alphas: list[float]
+    grids: list[np.ndarray]                  # lambda grid of each alpha (decreasing)
+    lambda_max: np.ndarray                   # (A,) nan for alpha >= 1
+    n_folds: int                             # 0 on a path-only run
+    points: dict[tuple[int, int], PathPoint]
+    null: list[FitResult]
+    stopped: dict[int, str]                  # alpha index -> why its path stopped early
+    rule: str | None = None
+    chosen: tuple[int, int] | None = None    # (alpha index, lambda index)
+    passes: int = 0                          # oracle passes, all included
+    jobs: int | None = None                  # Spark jobs (status tracker), None without Spark
+    job_group: str | None = None
+    seconds: float = 0.0
+    null_passes: int = 0
+    heldout_extra_passes: int = 0            # passes spent only on held-out metrics
+    steps: list[dict] = field(default_factory=list)
+
+    # ---- the chosen model ----------------------------------------------------------------
+    @property
+    def chosen_point(self) -> PathPoint:
+        if self.chosen is None:
+            raise ValueError("no grid point was chosen (path-only run, or no finite held-out deviance)")
+        return self.points[self.chosen]
+
+    @property
+    def chosen_lambda(self) -> float:
+        return self.chosen_point.lam
+
+    @property
+    def chosen_alpha(self) -> float:
+        return self.chosen_point.alpha
+
+    @property
+    def final_fit(self) -> FitResult:
+        """The full-data fit at the chosen (lambda, alpha), warm-started along its path."""
+        return self.chosen_point.full
+
+    @property
+    def fold_fits(self) -> list[FitResult]:
+        """fold_fits[f]: the fit on every fold but f at the chosen (lambda, alpha); fitting
+        scale, full (K, p) ``beta`` / (m, p) ``gamma`` (for off-policy evaluation on fold f)."""
+        folds = self.chosen_point.folds
+        if folds is None:
+            raise ValueError("a path-only run has no fold fits")
+        return folds
+
+    def path(self, alpha_index: int) -> list[PathPoint]:
+        """The points of one alpha's path, by lambda index."""
+        return [self.points[k] for k in sorted(self.points) if k[0] == alpha_index]
+
+    # ---- the table -------------------------------------------------------------------------
+    def table(self, structure: SegmentStructure | None = None):
+        """pandas DataFrame, one row per (alpha, lambda) reached (see module docstring)."""
+        import pandas as pd
+
+        F = self.n_folds
+        rows = []
+        for (ai, k), pt in sorted(self.points.items()):
+            full = pt.full
+            row = {
+                "alpha_index": ai, "lambda_index": k, "alpha": pt.alpha, "lambda": pt.lam,
+                "lambda_ratio": pt.lam / self.lambda_max[ai] if np.isfinite(self.lambda_max[ai]) else math.nan,
+            }
+            for f in range(F):
+                row[f"deviance_fold{f}"] = float(pt.heldout_deviance[f])
+            for f in range(F):
+                row[f"auc_fold{f}"] = float(pt.heldout_auc[f])
+            pen_cr, pen_seg = _penalised(structure, full)
+            row.update({
+                "mean_deviance": pt.mean_deviance, "se_deviance": pt.se_deviance,
+                "mean_auc": pt.mean_auc, "se_auc": pt.se_auc,
+                "fused": int(np.sum(full.fused[pen_cr])),
+                "n_penalised_creatives": int(np.sum(pen_cr)),
+                "gamma_nonzero": int(np.count_nonzero(full.gamma[pen_seg, 1:])),
+                "iterations": int(full.n_iter),
+                "passes": int(full.n_passes),
+                "residual": float(full.residual),
+                "converged": bool(full.converged),
+                "fold_max_iterations": int(max(r.n_iter for r in pt.folds)) if pt.folds else 0,
+                "folds_not_converged": int(sum(not r.converged for r in pt.folds)) if pt.folds else 0,
+                "step_passes": int(pt.step_passes),
+                "chosen": (ai, k) == self.chosen,
+                "warning": " | ".join(pt.warnings + ([self.stopped[ai]] if ai in self.stopped
+                                                     and k == max(j for a, j in self.points if a == ai)
+                                                     else [])),
+            })
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def write_table(self, path: str, structure: SegmentStructure | None = None) -> str:
+        self.table(structure).to_csv(path, index=False, float_format="%.10g")
+        return path
+
+    def selection_info(self) -> dict:
+        """What ``model.json`` records under ``selection`` (the caller adds paths and run ids)."""
+        out = {
+            "rule": self.rule,
+            "lambda": None if self.chosen is None else float(self.chosen_lambda),
+            "alpha": None if self.chosen is None else float(self.chosen_alpha),
+            "lambda_index": None if self.chosen is None else int(self.chosen[1]),
+            "alphas": [float(a) for a in self.alphas],
+            "lambda_max": [None if not np.isfinite(v) else float(v) for v in self.lambda_max],
+            "grid": {f"{a:g}": [float(x) for x in g] for a, g in zip(self.alphas, self.grids)},
+            "folds": int(self.n_folds),
+            "stopped_paths": {f"{self.alphas[a]:g}": msg for a, msg in self.stopped.items()},
+            "passes": int(self.passes),
+            "spark_jobs": self.jobs,
+            "seconds": round(float(self.seconds), 3),
+        }
+        if self.chosen is not None:
+            pt = self.chosen_point
+            out["mean_heldout_deviance"] = pt.mean_deviance
+            out["se_heldout_deviance"] = pt.se_deviance
+            out["mean_heldout_auc"] = pt.mean_auc
+        return out
+
+    def summary(self) -> str:
+        n_pts = len(self.points)
+        s = (f"{n_pts} grid points ({len(self.alphas)} alphas), {self.n_folds} folds: "
+             f"{self.passes} passes ({self.null_passes} null fit, {self.heldout_extra_passes} "
+             f"held-out only)")
+        if self.jobs is not None:
+            s += f", {self.jobs} Spark jobs"
+        s += f", {self.seconds:.1f}s"
+        if self.chosen is not None:
+            pt = self.chosen_point
+            s += (f"; chosen by rule {self.rule}: alpha={pt.alpha:g} lambda={pt.lam:.4g} "
+                  f"(index {pt.lambda_index}), held-out deviance {pt.mean_deviance:.6f} "
+                  f"+- {pt.se_deviance:.6f}, AUC {pt.mean_auc:.4f}")
+        return s
+
+
+def _penalised(structure, fit: FitResult):
+    if structure is None:
+        return np.ones(fit.beta.shape[0], bool), np.ones(fit.gamma.shape[0], bool)
+    return structure.penalized[structure.segment_index], structure.penalized
+
+
+# ---- the selection rule ------------------------------------------------------------------
+def select(points: dict[tuple[int, int], PathPoint], rule: str) -> tuple[int, int] | None:
+    """Apply ``min`` or ``1se`` over all (alpha, lambda) points with a finite mean deviance.
+
+    min: lowest mean held-out deviance (ties: larger lambda, then larger alpha).
+    1se: threshold = that minimum + its standard error (sd over folds / sqrt(F)); among all
+    points with mean <= threshold, the one with the largest lambda (ties: lower mean).
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    ok = [(key, pt) for key, pt in points.items() if np.isfinite(pt.mean_deviance)]
+    if not ok:
+        return None
+    best_key, best = min(ok, key=lambda kp: (kp[1].mean_deviance, -kp[1].lam, -kp[1].alpha))
+    if rule == "min":
+        return best_key
+    se = best.se_deviance if np.isfinite(best.se_deviance) else 0.0
+    threshold = best.mean_deviance + se
+    within = [(key, pt) for key, pt in ok if pt.mean_deviance <= threshold]
+    return max(within, key=lambda kp: (kp[1].lam, -kp[1].mean_deviance))[0]
+
+
+# ---- the joint fit ---------------------------------------------------------------------------
+class _StepOracle:
+    """Wraps the oracle for one ``fit_many`` call: informative Spark job labels (lambda index,
+    alphas, folds, pass number), and on the first pass the held-out metrics of the previous
+    index's solutions (``pending``: key -> (include (F,), beta (K, p))), matched bitwise."""
+
+    def __init__(self, oracle, describe: Callable[[int, bool], str], pending: dict, found: dict):
+        self._oracle = oracle
+        self._describe = describe
+        self._pending = pending
+        self._found = found
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._oracle, name)
+
+    def evaluate(self, betas, include=None, *, curvature=True, heldout=False, label=""):
+        want = self.calls == 0 and any(k not in self._found for k in self._pending)
+        self.calls += 1
+        res = self._oracle.evaluate(betas, include, curvature=curvature, heldout=heldout or want,
+                                    label=self._describe(self.calls, want))
+        if want:
+            _match_heldout(res, betas, include, self._pending, self._found)
+        return res
+
+
+def _match_heldout(res, betas, include, pending, found) -> None:
+    betas = np.asarray(betas)
+    include = np.asarray(include, bool)
+    for key, (inc, beta) in pending.items():
+        if key in found:
+            continue
+        for m in range(betas.shape[0]):
+            if np.array_equal(include[m], inc) and np.array_equal(betas[m], beta):
+                auc = math.nan if res.heldout_auc is None else float(res.heldout_auc[m])
+                found[key] = (float(res.heldout_loss[m]), auc)
+                break
+
+
+def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
+                   n_lambda: int = 20, lambda_min_ratio: float = 0.01, folds: bool = True,
+                   rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
+                   progress: Callable[[str], None] | None = print, spark=None,
+                   name: str = "cv") -> CVResult:
+    """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
+    F >= 2 folds), on every fold's training rows too, in shared passes; then select.
+
+    ``lambdas``: None for the grid from lambda_max (``n_lambda`` values down to
+    ``lambda_min_ratio * lambda_max``), or an explicit list (sorted decreasing, same for every
+    alpha). ``folds=False`` fits the full-data paths only (no held-out metrics, no selection):
+    the baseline a cross-validation's cost is compared with. ``progress`` gets one line per
+    lambda index (None: silent). ``spark`` defaults to ``oracle.spark`` when it has one; jobs
+    are then counted with a job group (``jobs.count_jobs``).
+    """
+    t0 = time.time()
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise ValueError("no alpha to fit")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    F = int(oracle.n_folds) if folds else 0
+    if folds and F < 2:
+        raise ValueError(f"cross-validation needs an oracle with at least 2 folds (has {oracle.n_folds})")
+    spark = spark if spark is not None else getattr(oracle, "spark", None)
+    say = progress or (lambda _msg: None)
+    passes0 = oracle.passes
+    with count_jobs(spark, f"segmentation-{name}",
+                    f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
+        res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
+                   max_iter, say, name, passes0)
+    res.jobs = jc.jobs if spark is not None else None
+    res.job_group = jc.group if spark is not None else None
+    res.passes = oracle.passes - passes0
+    if F:
+        res.rule = rule
+        res.chosen = select(res.points, rule)
+    res.seconds = time.time() - t0
+    return res
+
+
+def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
+         name, passes0) -> CVResult:
+    A = len(alphas)
+    alpha_txt = ",".join(f"{a:g}" for a in alphas)
+    null, lmax = null_fits(oracle, structure, [a for a in alphas],
+                           tol=min(tol, 1e-8), max_iter=max_iter,
+                           label=f"{name}: null models, alphas {alpha_txt}") \
+        if all(a < 1 for a in alphas) else _null_any(oracle, structure, alphas, tol, max_iter, name)
+    null_passes = oracle.passes - passes0
+    if lambdas is None:
+        bad = [a for a, m in zip(alphas, lmax) if not (np.isfinite(m) and m > 0)]
+        if bad:
+            raise ValueError(f"lambda_max is not positive and finite for alpha {bad}: give model.lambda")
+        grids = [lambda_grid(m, n_lambda, min_ratio) for m in lmax]
+    else:
+        g = np.array(sorted({float(x) for x in lambdas}, reverse=True))
+        grids = [g.copy() for _ in alphas]
+    n_steps = max(len(g) for g in grids)
+    masks = [~np.eye(F, dtype=bool)[f] for f in range(F)]
+    full_mask = np.ones(oracle.n_folds, dtype=bool)
+
+    points: dict[tuple[int, int], PathPoint] = {}
+    stopped: dict[int, str] = {}
+    prev_full = {a: null[a] for a in range(A)}
+    prev_fold = {(a, f): null[a] for a in range(A) for f in range(F)}
+    pending: dict = {}          # (a, k, f) -> (include, beta) awaiting held-out metrics
+    found: dict = {}            # (a, k, f) -> (deviance, auc)
+    steps: list[dict] = []
+    announced = set()
+    heldout_extra = 0
+
+    def announce(k: int) -> None:
+        """One console line for lambda index k once all its held-out metrics are in."""
+        pts = [points[(a, k)] for a in range(A) if (a, k) in points]
+        if not pts or k in announced:
+            return
+        if F and any((p.alpha_index, k, f) not in found for p in pts for f in range(F)):
+            return
+        for p in pts:
+            _fill_heldout(p, found, F)
+        announced.add(k)
+        st = steps[k]
+        parts = []
+        for p in pts:
+            pen_cr, _ = _penalised(structure, p.full)
+            dev = (f" dev {p.mean_deviance:.5f}+-{p.se_deviance:.5f} auc {p.mean_auc:.3f}" if F else "")
+            parts.append(f"a={p.alpha:g} lam={p.lam:.3g}{dev} fused {int(p.full.fused[pen_cr].sum())}"
+                         f"/{int(pen_cr.sum())}")
+        extra = f", {st['warnings']} warnings" if st["warnings"] else ""
+        say(f"[{name}] lambda {k + 1}/{n_steps}: {st['passes']} passes {st['seconds']:.1f}s{extra} | "
+            + " | ".join(parts))
+
+    for k in range(n_steps):
+        active = [a for a in range(A) if a not in stopped and k < len(grids[a])]
+        if not active:
+            break
+        t_step = time.time()
+        p_step = oracle.passes
+
+        def build(alist):
+            probs, keys = [], []
+            for a in alist:
+                lam = float(grids[a][k])
+                for f in range(F):
+                    probs.append(Problem(lam, alphas[a], include=masks[f], warm_start=prev_fold[(a, f)],
+                                         label=f"{name}[a{a},f{f}] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}"))
+                    keys.append((a, f))
+                probs.append(Problem(lam, alphas[a], include=None, warm_start=prev_full[a],
+                                     label=f"{name}[a{a},full] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}"))
+                keys.append((a, None))
+            return probs, keys
+
+        def describe_for(alist):
+            al = ",".join(f"{alphas[a]:g}" for a in alist)
+            fl = f"folds 0-{F - 1} + full data" if F else "full data"
+
+            def describe(call: int, heldout: bool) -> str:
+                tail = f" (+ held-out metrics of lambda {k})" if heldout else ""
+                return f"{name}: lambda {k + 1}/{n_steps}, alphas [{al}], {fl}: pass {call}{tail}"
+            return describe
+
+        results: dict = {}
+        warn_msgs: list[str] = []
+        try:
+            probs, keys = build(active)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = fit_many(_StepOracle(oracle, describe_for(active), pending, found), structure,
+                               probs, tol=tol, max_iter=max_iter, label=name)
+            warn_msgs += [str(w.message) for w in caught]
+            results.update(zip(keys, out))
+        except SeparationError as err:
+            say(f"[{name}] lambda {k + 1}/{n_steps}: separation in the joint fit ({err}); "
+                "retrying alpha by alpha")
+            for a in active:
+                probs, keys = build([a])
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        out = fit_many(_StepOracle(oracle, describe_for([a]), pending, found),
+                                       structure, probs, tol=tol, max_iter=max_iter, label=name)
+                    warn_msgs += [str(w.message) for w in caught]
+                    results.update(zip(keys, out))
+                except SeparationError as err_a:
+                    last = k - 1
+                    stopped[a] = (f"path of alpha={alphas[a]:g} stopped at lambda index {last} "
+                                  f"(lambda {grids[a][k]:.4g}, index {k}, failed: {err_a})"
+                                  if last >= 0 else
+                                  f"alpha={alphas[a]:g}: no lambda could be fitted ({err_a})")
+                    warnings.warn(stopped[a], RuntimeWarning, stacklevel=2)
+        step_passes = oracle.passes - p_step
+        steps.append({"lambda_index": k, "passes": step_passes, "seconds": time.time() - t_step,
+                      "warnings": len(warn_msgs), "alphas": [a for a in active if a not in stopped]})
+        # held-out metrics of index k-1 have been matched (or not) by now
+        pending = {key: v for key, v in pending.items() if key not in found}
+        for a in active:
+            if a in stopped:
+                continue
+            lam = float(grids[a][k])
+            full = results[(a, None)]
+            fold_res = [results[(a, f)] for f in range(F)] if F else None
+            mine = [m for m in warn_msgs if f"{name}[a{a}," in m]
+            points[(a, k)] = PathPoint(a, k, alphas[a], lam, full, fold_res,
+                                       np.full(F, np.nan), np.full(F, np.nan), step_passes, mine)
+            prev_full[a] = full
+            for f in range(F):
+                prev_fold[(a, f)] = fold_res[f]
+                pending[(a, k, f)] = (masks[f], fold_res[f].beta)
+        if k > 0:
+            announce(k - 1)
+        if not F:
+            announce(k)
+
+    if not points:
+        raise SeparationError("no lambda of any alpha could be fitted: "
+                              + "; ".join(stopped.values()))
+    # one last pass for held-out metrics nobody's next step provided
+    left = {key: v for key, v in pending.items() if key not in found}
+    if F and left:
+        keys = sorted(left)
+        betas = np.stack([left[key][1] for key in keys])
+        include = np.stack([left[key][0] for key in keys])
+        r = oracle.evaluate(betas, include, curvature=False, heldout=True,
+                            label=f"{name}: held-out metrics of the last lambda ({len(keys)} fold models)")
+        heldout_extra += 1
+        for i, key in enumerate(keys):
+            found[key] = (float(r.heldout_loss[i]),
+                          math.nan if r.heldout_auc is None else float(r.heldout_auc[i]))
+    for k in range(n_steps):
+        if k < len(steps):
+            announce(k)
+    for p in points.values():
+        _fill_heldout(p, found, F)
+    lmax_arr = np.asarray(lmax, dtype=float)
+    return CVResult(alphas=alphas, grids=grids, lambda_max=lmax_arr, n_folds=F, points=points,
+                    null=list(null), stopped=stopped, null_passes=null_passes,
+                    heldout_extra_passes=heldout_extra, steps=steps)
+
+
+def _fill_heldout(p: PathPoint, found: dict, F: int) -> None:
+    for f in range(F):
+        v = found.get((p.alpha_index, p.lambda_index, f))
+        if v is not None:
+            p.heldout_deviance[f], p.heldout_auc[f] = v
+
+
+def _null_any(oracle, structure, alphas, tol, max_iter, name):
+    """Null fits when some alpha is >= 1 (lambda_max undefined there: nan)."""
+    from segmentation.solver.null_model import lambda_max
+
+    probs = [Problem(np.inf, a, label=f"{name}: null model alpha={a:g}") for a in alphas]
+    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=name)
+    lmax = np.array([lambda_max(structure, a, f.grad) if a < 1 else np.nan
+                     for a, f in zip(alphas, fits)])
+    return fits, lmax

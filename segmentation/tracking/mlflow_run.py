@@ -1,0 +1,222 @@
+"""The MLflow run tree of one ``segment fit``.
+
+- Tracking URI: ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+  ``sqlite:///<cwd>/mlflow.db`` (embedded store, no server). A new experiment on a sqlite store
+  keeps its artifacts in ``mlartifacts/`` beside the database file.
+- Parent run (one per fit): the flattened config as params, data facts (``data.*`` facts as
+  params and metrics), tags (data path, date, kind) and a run name with the data path and date.
+- One nested child per (alpha, lambda) grid point: params lambda, alpha, lambda_index; metrics
+  ``heldout_deviance`` and ``heldout_auc`` at step = fold index, their ``mean_*`` and ``se_*``,
+  ``fused_creatives``, ``gamma_nonzero``, ``iterations``, ``passes``, ``residual``; tag
+  ``chosen``. Each child is three store calls (create, ``log_batch``, terminate).
+- Parent artifacts: ``model.json``, ``cv_table.csv``, ``plots/cv_curve.png``,
+  ``plots/gamma_heatmap.png``, ``plots/fusion_map.png`` and the pyfunc model under ``model/``
+  (models from code: ``pyfunc_model.py`` + the JSON coefficients; nothing pickled).
+
+Everything goes through ``MlflowClient`` with an explicit run id: no global active run, so a
+notebook's own runs are left alone.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
+MODEL_ARTIFACT = "model"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{os.path.join(os.path.abspath(os.getcwd()), 'mlflow.db')}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///"):]
+        return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
+    return None
+
+
+def _clip(v, n: int = 500) -> str:
+    s = str(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+class FitTracker:
+    """One parent run; create it before the fit (so a failure is recorded as FAILED)."""
+
+    def __init__(self, cfg, *, kind: str = "fit"):
+        from mlflow.tracking import MlflowClient
+
+        from segmentation.config import flatten
+
+        t0 = time.time()
+        self.uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        name = cfg.mlflow.experiment
+        exp = self.client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            name, artifact_location=_artifact_location(self.uri))
+        now = _dt.datetime.now(_dt.timezone.utc)
+        source = cfg.data.exposures
+        short = os.path.basename(os.path.normpath(source)) or source
+        run_name = cfg.mlflow.run_name or f"{kind} {short} {now:%Y-%m-%d %H:%M}"
+        tags = {"segmentation.kind": kind, "segmentation.data_path": source,
+                "segmentation.date": now.strftime("%Y-%m-%d"),
+                "segmentation.model_dir": os.path.abspath(cfg.output.model_dir),
+                "segmentation.selection": "single" if cfg.model.single else f"cv-{cfg.cv.rule}"}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        self.run_name = run_name
+        self._log(params={k: _clip(v) for k, v in flatten(cfg).items()})
+        self.timings = {"start": time.time() - t0}
+
+    # ---- low level ------------------------------------------------------------------------
+    def _log(self, run_id=None, params=None, metrics=None, tags=None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id = run_id or self.run_id
+        ts = int(time.time() * 1000)
+        P = [Param(k, _clip(v)) for k, v in (params or {}).items()]
+        M = [Metric(k, float(v), ts, int(step)) for k, v, step in (metrics or []) if _finite(v)]
+        T = [RunTag(k, _clip(v, 5000)) for k, v in (tags or {}).items()]
+        # log_batch limits: 100 params, 100 tags, 1000 entities in all per call
+        n = max(math.ceil(len(P) / 100), math.ceil(len(T) / 100), math.ceil(len(M) / 800), 1)
+        for i in range(n):
+            self.client.log_batch(run_id, metrics=M[i * 800:(i + 1) * 800],
+                                  params=P[i * 100:(i + 1) * 100], tags=T[i * 100:(i + 1) * 100])
+
+    # ---- what a fit logs ----------------------------------------------------------------------
+    def log_data(self, prepared) -> None:
+        rep, enc, st = prepared.report, prepared.encoding, prepared.structure
+        facts = {"rows": rep.n_rows, "users": rep.n_users, "creatives": st.n_creatives,
+                 "segments": st.n_segments, "covariates_encoded": enc.n_features - 1,
+                 "folds": prepared.n_folds,
+                 "positives": int(np.asarray(prepared.manifest.positives).sum())}
+        self._log(params={f"data.{k}": v for k, v in facts.items()},
+                  metrics=[(f"data_{k}", v, 0) for k, v in facts.items()],
+                  tags={"segmentation.features": ",".join(enc.feature_names)})
+
+    def log_cv(self, cv, structure) -> float:
+        """One child run per grid point; returns the seconds it took."""
+        t0 = time.time()
+        table = cv.table(structure)
+        F = cv.n_folds
+        for _, r in table.iterrows():
+            chosen = bool(r["chosen"])
+            tags = {"mlflow.parentRunId": self.run_id, "segmentation.kind": "grid-point",
+                    "chosen": str(chosen).lower()}
+            if r["warning"]:
+                tags["warning"] = r["warning"]
+            child = self.client.create_run(
+                self.experiment_id, tags=tags,
+                run_name=f"alpha={r['alpha']:g} lambda[{int(r['lambda_index'])}]={r['lambda']:.4g}")
+            metrics = []
+            for f in range(F):
+                metrics.append(("heldout_deviance", r[f"deviance_fold{f}"], f))
+                metrics.append(("heldout_auc", r[f"auc_fold{f}"], f))
+            for k in ("mean_deviance", "se_deviance", "mean_auc", "se_auc"):
+                metrics.append((k.replace("deviance", "heldout_deviance").replace("auc", "heldout_auc")
+                                if "heldout" not in k else k, r[k], 0))
+            for k, col in (("fused_creatives", "fused"), ("gamma_nonzero", "gamma_nonzero"),
+                           ("iterations", "iterations"), ("passes", "passes"), ("residual", "residual"),
+                           ("lambda_ratio", "lambda_ratio")):
+                metrics.append((k, r[col], 0))
+            self._log(child.info.run_id,
+                      params={"lambda": repr(float(r["lambda"])), "alpha": repr(float(r["alpha"])),
+                              "lambda_index": int(r["lambda_index"]), "folds": F},
+                      metrics=metrics)
+            self.client.set_terminated(child.info.run_id, "FINISHED")
+        secs = time.time() - t0
+        self.timings["children"] = secs
+        self.timings["n_children"] = len(table)
+        return secs
+
+    def log_results(self, model, model_dir: str, cv=None, structure=None, extra_metrics=None) -> None:
+        """Parent metrics and artifacts: model.json, CV table, plots, pyfunc model."""
+        from segmentation.tracking import plots
+
+        t0 = time.time()
+        f = model.fit
+        metrics = [("objective", f.get("objective"), 0), ("optimality_residual", f.get("optimality_residual"), 0),
+                   ("iterations", f.get("iterations"), 0), ("passes", f.get("passes"), 0),
+                   ("fused_creatives", int(np.sum(model.fused)), 0),
+                   ("gamma_nonzero", int(np.count_nonzero(np.asarray(model.gamma_fit)[:, 1:])), 0)]
+        params = {"chosen.lambda": repr(float(model.lam)), "chosen.alpha": repr(float(model.alpha))}
+        if cv is not None and cv.chosen is not None:
+            pt = cv.chosen_point
+            metrics += [("cv_mean_heldout_deviance", pt.mean_deviance, 0),
+                        ("cv_se_heldout_deviance", pt.se_deviance, 0),
+                        ("cv_mean_heldout_auc", pt.mean_auc, 0), ("cv_passes", cv.passes, 0),
+                        ("cv_seconds", cv.seconds, 0)]
+            if cv.jobs is not None:
+                metrics.append(("cv_spark_jobs", cv.jobs, 0))
+            params["chosen.rule"] = cv.rule
+            params["chosen.lambda_index"] = int(cv.chosen[1])
+        metrics += [(k, v, 0) for k, v in (extra_metrics or {}).items()]
+        self._log(params=params, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="segmentation-mlflow-") as tmp:
+            plot_dir = os.path.join(tmp, "plots")
+            os.makedirs(plot_dir)
+            if cv is not None and cv.chosen is not None:
+                plots.cv_curve(cv.table(structure), os.path.join(plot_dir, "cv_curve.png"),
+                               chosen=(cv.chosen_lambda, cv.chosen_alpha), rule=cv.rule)
+            plots.gamma_heatmap(model, os.path.join(plot_dir, "gamma_heatmap.png"))
+            plots.fusion_map(model, os.path.join(plot_dir, "fusion_map.png"))
+            self.client.log_artifacts(self.run_id, plot_dir, "plots")
+            for name in sorted(os.listdir(model_dir)):
+                p = os.path.join(model_dir, name)
+                if os.path.isfile(p) and not name.startswith("."):
+                    self.client.log_artifact(self.run_id, p)
+            saved = os.path.join(tmp, MODEL_ARTIFACT)
+            save_pyfunc(model, os.path.join(model_dir, "model.json"), saved)
+            self.client.log_artifacts(self.run_id, saved, MODEL_ARTIFACT)
+        self.timings["artifacts"] = time.time() - t0
+
+    def finish(self, status: str = "FINISHED") -> None:
+        timings = {f"mlflow_seconds_{k}": v for k, v in self.timings.items() if k != "n_children"}
+        try:
+            self._log(metrics=[(k, v, 0) for k, v in timings.items()])
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+    @property
+    def model_uri(self) -> str:
+        return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def pyfunc_signature(model):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from segmentation.tracking.pyfunc_model import score_column_name
+
+    enc = model.encoding
+    inputs = [ColSpec("double", c) for c in enc["numeric"]] + \
+             [ColSpec("string", c) for c in enc.get("categorical", {})]
+    outputs = [ColSpec("string", "segment")] + \
+              [ColSpec("double", score_column_name(model.segments[j])) for j in model.assignable]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def save_pyfunc(model, model_json: str, path: str) -> str:
+    """Save the pyfunc (models from code, coefficients as the JSON artifact) to ``path``."""
+    import mlflow
+
+    mlflow.pyfunc.save_model(
+        path, python_model=PYFUNC_CODE, artifacts={"model_json": model_json},
+        signature=pyfunc_signature(model),
+        pip_requirements=[f"mlflow=={mlflow.__version__}", "numpy", "pandas"])
+    return path

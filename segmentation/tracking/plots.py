@@ -1,0 +1,91 @@
+"""Figures logged with a fit (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cv_curve(table, path: str, chosen: tuple[float, float] | None = None, rule: str | None = None) -> str:
+    """Mean held-out deviance vs log(lambda), one line per alpha with SE bars; chosen point marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for alpha, g in table.groupby("alpha", sort=True):
+        g = g.sort_values("lambda")
+        ax.errorbar(np.log10(g["lambda"]), g["mean_deviance"], yerr=g["se_deviance"], marker="o",
+                    ms=3, capsize=2, lw=1, label=f"alpha={alpha:g}")
+    if chosen is not None:
+        lam, alpha = chosen
+        row = table[(table["alpha"] == alpha) & np.isclose(table["lambda"], lam, rtol=1e-12, atol=0)]
+        if len(row):
+            ax.plot(np.log10(lam), row["mean_deviance"].iloc[0], marker="*", ms=16, color="k",
+                    ls="none", label=f"chosen ({rule or 'rule'}): alpha={alpha:g}, lambda={lam:.3g}")
+    ax.set_xlabel("log10(lambda)")
+    ax.set_ylabel("mean held-out deviance (log loss per row)")
+    ax.set_title("Cross-validation curve (bars: one standard error over folds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def gamma_heatmap(model, path: str) -> str:
+    """gamma (segments x covariates, fitting scale, intercept excluded); exact zeros blank."""
+    plt = _plt()
+    G = np.asarray(model.gamma_fit)[:, 1:]
+    feats = list(model.features[1:])
+    masked = np.ma.masked_where(G == 0.0, G)
+    vmax = float(np.max(np.abs(G))) if G.size and np.any(G != 0) else 1.0
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(feats) + 2.5), max(2.5, 0.45 * len(model.segments) + 1.5)))
+    im = ax.imshow(masked, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(feats)), feats, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(model.segments)), model.segments, fontsize=8)
+    if G.size <= 400:
+        for j in range(G.shape[0]):
+            for k in range(G.shape[1]):
+                if G[j, k] != 0.0:
+                    ax.text(k, j, f"{G[j, k]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, label="gamma (standardised scale); blank = exactly 0")
+    ax.set_title(f"Segment effects gamma (lambda={model.lam:.3g}, alpha={model.alpha:g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fusion_map(model, path: str) -> str:
+    """||beta_jk - gamma_j|| per creative (rows: segments, columns: creatives of the segment);
+    0 = fused (exactly)."""
+    plt = _plt()
+    dist = model.distances()
+    m = len(model.segments)
+    members = [[c for c in range(len(model.creatives)) if model.segment_of[c] == j] for j in range(m)]
+    width = max(len(x) for x in members)
+    M = np.full((m, width), np.nan)
+    for j, cs in enumerate(members):
+        for i, c in enumerate(cs):
+            M[j, i] = dist[c]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * width + 2.5), max(2.5, 0.45 * m + 1.5)))
+    im = ax.imshow(np.ma.masked_invalid(M), cmap="magma_r", vmin=0, aspect="auto")
+    for j, cs in enumerate(members):
+        for i, c in enumerate(cs):
+            txt = f"{model.creatives[c]}\n{'fused' if model.fused[c] else f'{dist[c]:.2f}'}"
+            ax.text(i, j, txt, ha="center", va="center", fontsize=7,
+                    color="k" if dist[c] < 0.6 * np.nanmax(M + 1e-12) else "w")
+    ax.set_yticks(range(m), model.segments, fontsize=8)
+    ax.set_xticks(range(width), [f"#{i + 1}" for i in range(width)], fontsize=8)
+    fig.colorbar(im, ax=ax, label="||beta_jk - gamma_j|| (standardised scale)")
+    ax.set_title("Fusion map: distance of each creative from its segment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
