@@ -1,0 +1,225 @@
+"""evaluation.json, evaluation.md and the bar chart, written atomically; MLflow logging."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+log = logging.getLogger(__name__)
+
+JSON_NAME = "evaluation.json"
+MD_NAME = "evaluation.md"
+PNG_NAME = "evaluation_policies.png"
+
+LABELS = {
+    "segment": "segment (this model)",
+    "segment_best": "segment, best creative",
+    "personalized": "personalized (ceiling)",
+    "per_segment_models": "per-segment models",
+    "kmeans": "K-means on covariates",
+    "best_single": "best single creative",
+    "random": "random (uniform)",
+}
+
+
+def _pct(e: dict | None, digits: int = 2) -> str:
+    if not e or e.get("estimate") is None:
+        return "-"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    ci = f" [{lo * 100:.{digits}f}, {hi * 100:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{e['estimate'] * 100:.{digits}f}%{ci}"
+
+
+def _num(e: dict | None, digits: int = 4) -> str:
+    if not e or e.get("estimate") is None:
+        return "-"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and hi is not None else ""
+    return f"{e['estimate']:.{digits}f}{ci}"
+
+
+def markdown(result: dict) -> str:
+    """The human-readable report: policy values and lifts (95% CIs), recoup share, uplift,
+    targeting, diagnostics."""
+    s = result["summary"]
+    lines = [
+        "# Policy evaluation",
+        "",
+        f"Off-policy, cross-fitted over {result['n_folds']} user folds: every user's decision and "
+        "direct-model prediction come from a model that did not see that user. "
+        f"{s['n_users']:,} users, {int(s['n_rows']):,} exposures. Values are response rates per "
+        "exposure; 95% intervals are clustered by user; lifts are paired differences over "
+        "`random`.",
+        "",
+        "| policy | DR value | DR lift over random | IPW value | SNIPW value |",
+        "|---|---|---|---|---|",
+    ]
+    for P, row in s["policies"].items():
+        lines.append(f"| {LABELS.get(P, P)} | {_pct(row['value'].get('dr'))} | "
+                     f"{_pct(row['lift'].get('dr')) if row['lift'] else '0 (baseline)'} | "
+                     f"{_pct(row['value'].get('ipw'))} | {_pct(row['value'].get('snipw'))} |")
+    rs = s.get("recoup_share") or {}
+    if rs:
+        lines += ["", "Share of `personalized`'s lift over `random` that `segment` recoups: "
+                  f"DR {_pct(rs.get('dr'), 1)}, IPW {_pct(rs.get('ipw'), 1)}, "
+                  f"SNIPW {_pct(rs.get('snipw'), 1)}."]
+    if "uplift" in s:
+        u = s["uplift"]
+        lines += ["", "## Uplift over the control arm", "",
+                  "Members = users the (out-of-fold) model assigns to the segment. Predicted uplift = "
+                  "mean over the segment's creatives of predicted P(response) minus the control's; "
+                  "DR uplift = doubly robust estimate of showing the segment's creatives vs control "
+                  "to its members; sleeping dogs = members with negative predicted uplift.", "",
+                  "| segment | share of exposures | predicted uplift | DR uplift | sleeping dogs |",
+                  "|---|---|---|---|---|"]
+        for name, r in u["segments"].items():
+            lines.append(f"| {name} | {_pct(r['share_of_rows'], 1)} | {_pct(r['predicted_uplift'])} | "
+                         f"{_pct(r['dr_uplift'])} | {_pct(r['share_negative'], 1)} |")
+        o = u["overall"]
+        lines.append(f"| all users | 100% | {_pct(o['predicted_uplift'])} | {_pct(o['dr_uplift'])} | "
+                     f"{_pct(o['share_negative'], 1)} |")
+        t = s["targeting"]
+        lines += ["", "## Breakeven targeting", "",
+                  f"Treat a user (with their segment's creatives) only when value x predicted uplift > "
+                  f"cost; value per response {t['value_per_response']:g}, cost per contact "
+                  f"{t['cost_per_contact']:g}. Expected profit per user-exposure (DR):", "",
+                  "| policy | profit |", "|---|---|",
+                  f"| targeting | {_num(t['profit']['target'])} |",
+                  f"| treat everyone | {_num(t['profit']['everyone'])} |",
+                  f"| treat no one | {_num(t['profit']['no_one'])} |",
+                  f"| targeting - everyone | {_num(t['target_minus_everyone'])} |",
+                  f"| targeting - no one | {_num(t['target_minus_no_one'])} |",
+                  "", f"Share targeted: {_pct(t['share_targeted'], 1)}."]
+    d = result.get("diagnostics", {})
+    lines += ["", "## Diagnostics", "", f"- propensities: {d.get('propensity_source')}"]
+    for w in d.get("warnings", []):
+        lines.append(f"- WARNING: {w}")
+    cf = d.get("crossfit", {})
+    if cf:
+        lines.append(f"- cross-fitting: {cf.get('problems')} fold models in {cf.get('passes')} shared "
+                     f"data passes ({cf.get('seconds', 0):.1f}s); all converged: {cf.get('all_converged')}")
+    lines.append(f"- model: lambda={result['model']['lambda']:g}, alpha={result['model']['alpha']:g}")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(result: dict, path: str) -> None:
+    """Bar chart of the DR value of each policy with 95% CI whiskers (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pol = result["summary"]["policies"]
+    names = [p for p in pol if pol[p]["value"].get("dr", {}).get("estimate") is not None]
+    vals = [pol[p]["value"]["dr"]["estimate"] * 100 for p in names]
+    lo = [v - pol[p]["value"]["dr"]["ci_low"] * 100 for p, v in zip(names, vals)]
+    hi = [pol[p]["value"]["dr"]["ci_high"] * 100 - v for p, v in zip(names, vals)]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = ["tab:blue" if p == "segment" else "tab:gray" if p == "random" else "tab:orange"
+              for p in names]
+    ax.bar(range(len(names)), vals, yerr=[lo, hi], capsize=5, color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([LABELS.get(p, p) for p in names], rotation=30, ha="right")
+    ax.set_ylabel("response rate, % (DR, 95% CI)")
+    ax.set_title("Policy value, cross-fitted off-policy estimate")
+    if vals:
+        span = max(v + h for v, h in zip(vals, hi)) - min(v - l for v, l in zip(vals, lo))
+        ax.set_ylim(max(0.0, min(v - l for v, l in zip(vals, lo)) - 0.3 * span),
+                    max(v + h for v, h in zip(vals, hi)) + 0.1 * span)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: dict, out_dir: str) -> dict[str, str]:
+    """Write the three files: each rendered into a temp file in ``out_dir`` first, then all
+    renamed into place (nothing is renamed unless all three rendered)."""
+    os.makedirs(out_dir, exist_ok=True)
+    temps: dict[str, str] = {}
+    try:
+        for name in (JSON_NAME, MD_NAME, PNG_NAME):
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix="-" + name)
+            os.close(fd)
+            temps[name] = tmp
+        with open(temps[JSON_NAME], "w") as fh:
+            json.dump(result, fh, indent=2, allow_nan=False)
+        with open(temps[MD_NAME], "w") as fh:
+            fh.write(markdown(result))
+        bar_chart(result, temps[PNG_NAME])
+        paths = {}
+        for name, tmp in temps.items():
+            final = os.path.join(out_dir, name)
+            os.replace(tmp, final)
+            paths[name] = final
+        return paths
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def tracking_uri(cfg) -> str:
+    """mlflow.tracking_uri from the config, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    uri = getattr(getattr(cfg, "mlflow", None), "tracking_uri", None)
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """Metric name -> value: DR/IPW/SNIPW value and lift (with CI bounds) per policy, recoup
+    share, targeting profits."""
+    s = result["summary"]
+    out: dict[str, float] = {}
+
+    def put(prefix, e):
+        if e and e.get("estimate") is not None:
+            out[prefix] = e["estimate"]
+            if e.get("ci_low") is not None:
+                out[prefix + "_ci_low"] = e["ci_low"]
+                out[prefix + "_ci_high"] = e["ci_high"]
+
+    for P, row in s["policies"].items():
+        for est, e in row["value"].items():
+            put(f"eval.{P}.value_{est}", e)
+        for est, e in row["lift"].items():
+            put(f"eval.{P}.lift_{est}", e)
+    for est, e in (s.get("recoup_share") or {}).items():
+        put(f"eval.recoup_share_{est}", e)
+    if "targeting" in s:
+        t = s["targeting"]
+        for k, e in t["profit"].items():
+            put(f"eval.profit.{k}", e)
+        put("eval.share_targeted", t["share_targeted"])
+    return out
+
+
+def log_to_mlflow(cfg, result: dict, paths: dict[str, str], run_id: str | None = None) -> str:
+    """Log metrics and the three files (artifact path ``evaluation``) to ``run_id`` with
+    MlflowClient, or to a new run in ``cfg.mlflow.experiment``; returns the run id."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    created = False
+    if run_id is None:
+        name = getattr(cfg.mlflow, "experiment", "creative-segmentation")
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        run = client.create_run(exp_id, run_name=(getattr(cfg.mlflow, "run_name", None) or "evaluate"))
+        run_id = run.info.run_id
+        created = True
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), ts, 0) for k, v in flat_metrics(result).items()]
+    params = [] if not created else [Param("eval.n_folds", str(result["n_folds"])),
+                                     Param("eval.propensity_source", str(result["diagnostics"]["propensity_source"])[:250])]
+    for i in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[i:i + 900], params=params if i == 0 else [])
+    if not metrics and params:
+        client.log_batch(run_id, params=params)
+    for p in paths.values():
+        client.log_artifact(run_id, p, artifact_path="evaluation")
+    if created:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id

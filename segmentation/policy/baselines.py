@@ -1,0 +1,90 @@
+"""Baseline targeting policies a marketer would try instead of the segmentation model.
+
+- K-means (Spark MLlib) on the *standardised* covariates with m clusters (m = number of
+  assignable segments), seeded; each cluster is then mapped, on training rows only, to the
+  segment whose creatives respond best among the cluster's users.
+- best single creative: the creative with the best training response rate, shown to everyone.
+
+Response rates are Hajek (self-normalised inverse-propensity) rates, sum y/p / sum 1/p, so
+they stay unbiased when the logged design was not uniform; with a uniform design they are the
+plain response rates. The cluster -> segment and best-creative choices are plain numpy on
+(F, C, K) sums (``cluster_segment_map``, ``best_creative``); the sums come from one Spark pass
+(``segmentation.evaluation.spark``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def standardizing_encoding(encoding_dict: dict) -> dict:
+    """The same encoding with ``standardize`` forced on (K-means needs comparable scales)."""
+    d = dict(encoding_dict)
+    d["standardize"] = True
+    return d
+
+
+def fit_kmeans_folds(df, features_col: str, user_col: str, fold_col: str, n_folds: int,
+                     k: int, seed: int = 0, max_iter: int = 30) -> np.ndarray:
+    """(F, k, p-1) K-means centres, centre set f fitted on the distinct users of every fold
+    but f (``df`` has an array<double> column ``features_col`` of standardised covariates).
+
+    Uses ``pyspark.ml.clustering.KMeans`` (k-means||, ``seed``). A fold whose training users
+    have fewer distinct points than k gets duplicated centres (MLlib returns fewer; padded by
+    repeating the last centre so the array stays rectangular).
+    """
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    users = (df.select(user_col, fold_col, features_col).dropDuplicates([user_col])
+               .withColumn("_kv", array_to_vector(F.col(features_col))))
+    users = users.persist()
+    try:
+        centres = []
+        for f in range(n_folds):
+            train = users.filter(F.col(fold_col) != f)
+            km = KMeans(k=k, seed=int(seed) + f, maxIter=max_iter, featuresCol="_kv",
+                        predictionCol="_cluster")
+            model = km.fit(train)
+            C = np.array([np.asarray(c, dtype=float) for c in model.clusterCenters()])
+            if C.shape[0] < k:
+                C = np.vstack([C, np.repeat(C[-1:], k - C.shape[0], axis=0)])
+            centres.append(C)
+    finally:
+        users.unpersist()
+    return np.stack(centres)
+
+
+def cluster_segment_map(num: np.ndarray, den: np.ndarray, segment_of, assignable) -> np.ndarray:
+    """(F, C) segment of each cluster: argmax over assignable segments j of the Hajek response
+    rate sum_{k in j} num[f, c, k] / sum_{k in j} den[f, c, k] (num = sum y/p, den = sum 1/p over
+    training rows of cluster c shown creative k). Empty cells rank last; a cluster with no
+    training rows at all gets the best segment over all clusters of that fold."""
+    num = np.asarray(num, float)
+    den = np.asarray(den, float)
+    seg = np.asarray(segment_of)
+    assignable = np.asarray(assignable)
+    F, C, _ = num.shape
+    out = np.zeros((F, C), dtype=np.int64)
+    for f in range(F):
+        n_j = np.stack([num[f][:, seg == j].sum(axis=1) for j in assignable], axis=1)  # (C, m_a)
+        d_j = np.stack([den[f][:, seg == j].sum(axis=1) for j in assignable], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(d_j > 0, n_j / d_j, -np.inf)
+            overall = np.where(d_j.sum(0) > 0, n_j.sum(0) / d_j.sum(0), -np.inf)
+        best = np.argmax(rate, axis=1)
+        empty = ~np.isfinite(rate).any(axis=1)
+        best[empty] = int(np.argmax(overall))
+        out[f] = assignable[best]
+    return out
+
+
+def best_creative(num: np.ndarray, den: np.ndarray, treatments) -> np.ndarray:
+    """(F,) creative with the highest Hajek training response rate among ``treatments``
+    (num/den: (F, K) sums of y/p and 1/p over each fold model's training rows)."""
+    num = np.asarray(num, float)
+    den = np.asarray(den, float)
+    t = np.asarray(treatments)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(den[:, t] > 0, num[:, t] / den[:, t], -np.inf)
+    return t[np.argmax(rate, axis=1)]
