@@ -412,7 +412,7 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
             fl = f"folds 0-{F - 1} + full data" if F else "full data"
 
             def describe(call: int, heldout: bool) -> str:
-                tail = f" (+ held-out metrics of lambda {k})" if heldout else ""
+                tail = f" (+ held-out metrics of lambda {k}/{n_steps})" if heldout else ""
                 return f"{name}: lambda {k + 1}/{n_steps}, alphas [{al}], {fl}: pass {call}{tail}"
             return describe
 
