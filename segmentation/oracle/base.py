@@ -6,7 +6,9 @@ log-likelihood over each model's training rows,
     L_m(beta^m) = (1 / N_m) * sum_{i : include[m, fold_i]} [ log(1 + exp(eta_i)) - y_i eta_i ],
 
 its gradient with respect to each beta^m_c, and optionally the per-creative curvature
-(1 / N_m) * X_c' W X_c. Nothing about rows leaves the oracle: answers are O(M K p^2).
+(1 / N_m) * X_c' W X_c (``curvature=True`` or "full"), or only its diagonal
+(``curvature="diagonal"``: O(M K p), for thousands of covariates). Nothing about rows leaves
+the oracle: answers are O(M K p^2) with full curvature, O(M K p) otherwise.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.oracle.kernel import BlockSums, auc_from_histogram
+from segmentation.oracle.kernel import BlockSums, auc_from_histogram, curvature_mode
 
 
 @dataclass
@@ -26,6 +28,7 @@ class OracleResult:
     max_abs_eta: np.ndarray          # (M, K) largest |linear predictor| on training rows
     heldout_loss: np.ndarray         # (M,) mean loss on held-out rows (nan when none)
     heldout_auc: np.ndarray | None = None  # (M,) AUC of the held-out predictions (binned)
+    hess_diag: np.ndarray | None = None    # (M, K, p) Hessian diagonals (curvature="diagonal")
 
     def model(self, m: int) -> "OracleResult":
         """The answer for one model, keeping the leading axis of length 1."""
@@ -34,6 +37,7 @@ class OracleResult:
             None if self.hess is None else self.hess[m:m + 1],
             self.max_abs_eta[m:m + 1], self.heldout_loss[m:m + 1],
             None if self.heldout_auc is None else self.heldout_auc[m:m + 1],
+            None if self.hess_diag is None else self.hess_diag[m:m + 1],
         )
 
 
@@ -48,13 +52,16 @@ class Oracle(abc.ABC):
     passes: int = 0                  # data passes made so far
 
     @abc.abstractmethod
-    def _sums(self, betas: np.ndarray, include: np.ndarray, curvature: bool,
+    def _sums(self, betas: np.ndarray, include: np.ndarray, curvature,
               heldout: bool, label: str) -> BlockSums:
         """Sum ``kernel.block_statistics`` over every block of the data (one pass)."""
 
-    def evaluate(self, betas, include=None, *, curvature: bool = True, heldout: bool = False,
+    def evaluate(self, betas, include=None, *, curvature: bool | str = True, heldout: bool = False,
                  label: str = "") -> OracleResult:
-        """One pass over the data for M models. ``include`` (M, F) defaults to all folds."""
+        """One pass over the data for M models. ``include`` (M, F) defaults to all folds.
+
+        ``curvature``: True/"full" (Hessians), "diagonal" (their diagonals, ``hess_diag``),
+        False/"none"."""
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim == 2:
             betas = betas[None]
@@ -67,6 +74,7 @@ class Oracle(abc.ABC):
         n_test = (~include).astype(float) @ self.counts.sum(axis=1)
         if np.any(n_train == 0):
             raise ValueError("a model has no training rows")
+        curvature = curvature if isinstance(curvature, (bool, np.bool_)) else curvature_mode(curvature)
         s = self._sums(betas, include, curvature, heldout, label)
         self.passes += 1
         scale = 1.0 / n_train
@@ -80,6 +88,7 @@ class Oracle(abc.ABC):
             heldout_loss=held,
             heldout_auc=None if s.heldout_hist is None else np.array(
                 [auc_from_histogram(h) for h in s.heldout_hist]),
+            hess_diag=None if s.hess_diag is None else s.hess_diag * scale[:, None, None],
         )
 
     def n_rows(self, include=None) -> float:

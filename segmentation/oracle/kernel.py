@@ -15,6 +15,11 @@ coefficients of every model it trains.
 
 Returned values are *sums* (not means): the caller divides by the training row count.
 
+Curvature modes (``curvature``): ``"full"`` (or True) sums the per-creative Hessians
+X_c' W X_c, (M, K, p, p), O(n p^2) flops; ``"diagonal"`` sums only their diagonals
+sum_i w_i x_ik^2, (M, K, p), O(n p) flops (for large p, see ``solver.curvature``);
+``"none"`` (or False) neither.
+
 Held-out rows (those a model does not train on) give the cross-validation metrics: their
 summed loss, and a histogram of their linear predictor by response (``AUC_BINS`` bins of
 width 0.01 on eta in [-AUC_RANGE, AUC_RANGE], clipped) from which the AUC follows with ties
@@ -38,12 +43,15 @@ class BlockSums:
     max_abs_eta: np.ndarray          # (M, K) largest |eta| on training rows
     heldout_loss: np.ndarray         # (M,) loss summed over rows *not* in the training set
     heldout_hist: np.ndarray | None = None  # (M, AUC_BINS, 2) held-out counts by eta bin, y=0/1
+    hess_diag: np.ndarray | None = None     # (M, K, p) Hessian diagonals ("diagonal" mode)
 
     def __iadd__(self, other: "BlockSums") -> "BlockSums":
         self.loss += other.loss
         self.grad += other.grad
         if self.hess is not None:
             self.hess += other.hess
+        if self.hess_diag is not None:
+            self.hess_diag += other.hess_diag
         np.maximum(self.max_abs_eta, other.max_abs_eta, out=self.max_abs_eta)
         self.heldout_loss += other.heldout_loss
         if other.heldout_hist is not None:
@@ -53,14 +61,29 @@ class BlockSums:
         return self
 
     @classmethod
-    def zeros(cls, M: int, K: int, p: int, curvature: bool) -> "BlockSums":
+    def zeros(cls, M: int, K: int, p: int, curvature) -> "BlockSums":
+        mode = curvature_mode(curvature)
         return cls(
             loss=np.zeros(M),
             grad=np.zeros((M, K, p)),
-            hess=np.zeros((M, K, p, p)) if curvature else None,
+            hess=np.zeros((M, K, p, p)) if mode == "full" else None,
             max_abs_eta=np.zeros((M, K)),
             heldout_loss=np.zeros(M),
+            hess_diag=np.zeros((M, K, p)) if mode == "diagonal" else None,
         )
+
+
+CURVATURE_MODES = ("none", "diagonal", "full")
+
+
+def curvature_mode(curvature) -> str:
+    """Normalise the ``curvature`` argument: True -> "full", False/None -> "none", or one of
+    "full", "diagonal", "none"."""
+    if curvature is None or isinstance(curvature, (bool, np.bool_)):
+        return "full" if curvature else "none"
+    if isinstance(curvature, str) and curvature in CURVATURE_MODES:
+        return curvature
+    raise ValueError(f"curvature must be True, False or one of {CURVATURE_MODES}; got {curvature!r}")
 
 
 AUC_RANGE = 15.0
@@ -92,7 +115,7 @@ def block_statistics(
     block: DesignBlock,
     betas: np.ndarray,
     include: np.ndarray,
-    curvature: bool,
+    curvature,
     heldout: bool = False,
 ) -> BlockSums:
     """Loss, gradient (and curvature) sums of every model over one block.
@@ -109,7 +132,8 @@ def block_statistics(
         raise ValueError(f"block has {block.X.shape[1]} columns, coefficients have {p}")
     if block.n_creatives != K or include.shape != (M, F):
         raise ValueError("block, coefficients and include mask disagree on K or F")
-    out = BlockSums.zeros(M, K, p, curvature)
+    mode = curvature_mode(curvature)
+    out = BlockSums.zeros(M, K, p, mode)
     if heldout:
         out.heldout_hist = np.zeros((M, AUC_BINS, 2))
     for c in range(K):
@@ -127,10 +151,13 @@ def block_statistics(
                 out.grad[train, c, :] += (X.T @ (mu - y[:, None])).T
                 out.max_abs_eta[train, c] = np.maximum(out.max_abs_eta[train, c],
                                                        np.abs(eta).max(axis=0))
-                if curvature:
+                if mode == "full":
                     w = mu * (1.0 - mu)
                     for t, m in enumerate(train):
                         out.hess[m, c] += (X * w[:, t, None]).T @ X
+                elif mode == "diagonal":
+                    w = mu * (1.0 - mu)
+                    out.hess_diag[train, c, :] += (np.square(X).T @ w).T
             if heldout:
                 test = np.flatnonzero(~include[:, f])
                 if test.size:

@@ -2,8 +2,9 @@
 
 The exposure rows are converted once (``segmentation.data.blockstore``) into per-partition
 numpy blocks in a block store; each pass ships only the coefficients (M x K x p, a closure:
-small, no broadcast needed) and collects per-block sums of size O(M K p^2), summed on the
-driver in block order (so results do not depend on scheduling). Driver memory never grows
+small, no broadcast needed) and collects per-block sums of size O(M K p^2) (O(M K p) with
+``curvature="diagonal"`` or none), summed on the driver in block order (so results do not
+depend on scheduling). Driver memory never grows
 with the number of rows.
 
 Why not an RDD of cached blocks: a persisted RDD's partitions are re-serialised to the

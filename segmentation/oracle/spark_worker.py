@@ -34,6 +34,7 @@ def forget(prefix: str) -> None:
         del _CACHE[key]
 
 
-def partition_sums(path: str, betas: np.ndarray, include: np.ndarray, curvature: bool,
+def partition_sums(path: str, betas: np.ndarray, include: np.ndarray, curvature,
                    heldout: bool) -> BlockSums:
+    """``curvature``: True/"full", "diagonal" or False/"none" (``kernel.curvature_mode``)."""
     return block_statistics(cached_block(path), betas, include, curvature, heldout)
