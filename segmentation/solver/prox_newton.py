@@ -50,10 +50,13 @@ from segmentation.solver.penalty import FusedGroupPenalty, to_beta
 from segmentation.solver.separation import (SLOW_ETA, SeparationMonitor,
                                             check_degenerate_responses)
 from segmentation.solver.structure import SegmentStructure
-from segmentation.solver.subproblem import QuadraticModel
+from segmentation.solver.curvature import resolve_curvature
+from segmentation.solver.subproblem import DiagonalQuadraticModel, QuadraticModel
 
 ARMIJO = 1e-4
 MIN_STEP = 1e-10
+DIAGONAL_ITER_FACTOR = 10
+METRIC_MIN, METRIC_MAX, METRIC_DECAY = 1.0, 1e6, 0.7
 
 
 @dataclass
@@ -108,8 +111,13 @@ class ProxNewton:
 
     def __init__(self, structure: SegmentStructure, lam: float, alpha: float, n_features: int,
                  tol: float = 1e-6, max_iter: int = 50, warm_start=None, *,
-                 train_counts=None, train_positives=None, label: str = ""):
+                 train_counts=None, train_positives=None, label: str = "",
+                 curvature: str = "full"):
         self.structure = structure
+        # "full": tell() takes (K, p, p) Hessians; "diagonal": (K, p) Hessian diagonals and the
+        # model uses the diagonal metric (proximal quasi-Newton, ``solver/curvature.py``)
+        self.curvature = resolve_curvature(curvature, int(n_features))
+        self.metric_scale = 1.0
         self.penalty = FusedGroupPenalty(structure, lam, alpha)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
@@ -168,7 +176,8 @@ class ProxNewton:
         K, p = self.structure.n_creatives, self.p
         loss = float(np.asarray(loss).reshape(()))
         grad = np.asarray(grad, dtype=np.float64).reshape(K, p)
-        hess = np.asarray(hess, dtype=np.float64).reshape(K, p, p)
+        hess = np.asarray(hess, dtype=np.float64).reshape(
+            (K, p, p) if self.curvature == "full" else (K, p))
         eta = np.asarray(max_abs_eta, dtype=np.float64).reshape(K)
         self.n_passes += 1
         finite = np.isfinite(loss) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))
@@ -186,6 +195,8 @@ class ProxNewton:
         if F_trial <= bound:
             self.gamma, self.delta = self._trial
             self.pen_value = self._trial_pen
+            if self.curvature == "diagonal":
+                self._adapt_metric(self._t)
             self._accept(loss, grad, hess, eta)
             return
         self._t *= 0.5
@@ -243,9 +254,24 @@ class ProxNewton:
         self._t = 1.0
         self._set_trial(pen_hat)
 
+    def _adapt_metric(self, t: float) -> None:
+        """Diagonal mode: the metric is sigma diag(H_c). diag(H_c) ignores the off-diagonal
+        curvature (correlated covariates), so a unit step can overshoot; a step accepted only
+        after halving to t < 1 raises sigma by 1/t (the next model step is about as long as the
+        accepted one, saving the backtracking passes), a full step lets it decay towards
+        METRIC_MIN."""
+        if t < 1.0:
+            self.metric_scale = min(self.metric_scale / t, METRIC_MAX)
+        else:
+            self.metric_scale = max(self.metric_scale * METRIC_DECAY, METRIC_MIN)
+
     def _newton_direction(self, inner_tol: float | None = None):
         beta = to_beta(self.structure, self.gamma, self.delta)
-        model = QuadraticModel(self.penalty, beta, self.grad, self.hess)
+        if self.curvature == "full":
+            model = QuadraticModel(self.penalty, beta, self.grad, self.hess)
+        else:
+            model = DiagonalQuadraticModel(self.penalty, beta, self.grad,
+                                           self.metric_scale * self.hess)
         if inner_tol is None:
             inner_tol = max(min(0.1, self.residual) * self.residual, 0.1 * self.tol)
         gh, dh, info = model.solve(self.gamma, self.delta, inner_tol)
@@ -310,24 +336,33 @@ def _include_mask(oracle, include) -> np.ndarray:
 
 
 def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6,
-             max_iter: int = 50, label: str = "") -> list[FitResult]:
+             max_iter: int = 50, label: str = "", curvature: str = "auto") -> list[FitResult]:
     """Fit independent problems (dicts or ``Problem``: lam, alpha, include, warm_start, label)
     on one oracle, advancing them together: each ``oracle.evaluate`` call carries the stacked
     points of every unfinished problem, with its include mask (M, F). A problem needs about
     one pass per Newton iteration, so the call count is about the largest, not the sum, of
-    the problems' pass counts. Results are in the order of ``problems``."""
+    the problems' pass counts. Results are in the order of ``problems``.
+
+    ``curvature``: "full" (per-creative Hessians, proximal Newton), "diagonal" (their
+    diagonals only, proximal quasi-Newton with a diagonal metric: O(K p) per pass result and
+    driver work instead of O(K p^2) and O(K p^3)), or "auto" (full when p <= ``AUTO_MAX_P``,
+    see ``solver/curvature.py``). In diagonal mode ``max_iter`` is multiplied by
+    ``DIAGONAL_ITER_FACTOR`` (the diagonal metric needs more, much cheaper, iterations)."""
     if oracle.n_creatives != structure.n_creatives:
         raise ValueError(f"oracle has {oracle.n_creatives} creatives, structure has "
                          f"{structure.n_creatives}")
     probs = [_as_problem(pr) for pr in problems]
     masks = [_include_mask(oracle, pr.include) for pr in probs]
+    mode = resolve_curvature(curvature, oracle.n_features)
+    if mode == "diagonal":
+        max_iter = int(max_iter) * DIAGONAL_ITER_FACTOR
     states = []
     for pr, inc in zip(probs, masks):
         name = pr.label or label
         states.append(ProxNewton(
             structure, pr.lam, pr.alpha, oracle.n_features, tol=tol, max_iter=max_iter,
             warm_start=pr.warm_start, train_counts=inc.astype(float) @ oracle.counts,
-            train_positives=inc.astype(float) @ oracle.positives, label=name))
+            train_positives=inc.astype(float) @ oracle.positives, label=name, curvature=mode))
     while True:
         asks = [(i, s.ask()) for i, s in enumerate(states) if not s.done]
         if not asks:
@@ -335,15 +370,22 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
         idx = [i for i, _ in asks]
         betas = np.stack([b for _, b in asks])
         include = np.stack([masks[i] for i in idx])
-        res = oracle.evaluate(betas, include, curvature=True, label=label)
+        if mode == "full":
+            res = oracle.evaluate(betas, include, curvature=True, label=label)
+            curv = res.hess
+        else:
+            res = oracle.evaluate(betas, include, curvature="diagonal", label=label)
+            curv = res.hess_diag
         for row, i in enumerate(idx):
-            states[i].tell(res.loss[row], res.grad[row], res.hess[row], res.max_abs_eta[row])
+            states[i].tell(res.loss[row], res.grad[row], curv[row], res.max_abs_eta[row])
     return [s.result() for s in states]
 
 
 def fit(oracle, structure: SegmentStructure, lam: float, alpha: float, *, include=None,
-        warm_start=None, tol: float = 1e-6, max_iter: int = 50, label: str = "") -> FitResult:
-    """Fit one problem by proximal Newton (one oracle pass per trial point)."""
+        warm_start=None, tol: float = 1e-6, max_iter: int = 50, label: str = "",
+        curvature: str = "auto") -> FitResult:
+    """Fit one problem by proximal Newton (one oracle pass per trial point); ``curvature`` as
+    in ``fit_many``."""
     return fit_many(oracle, structure,
                     [Problem(lam, alpha, include=include, warm_start=warm_start, label=label)],
-                    tol=tol, max_iter=max_iter, label=label)[0]
+                    tol=tol, max_iter=max_iter, label=label, curvature=curvature)[0]
