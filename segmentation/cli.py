@@ -4,6 +4,7 @@
     segment fit CONFIG.yaml [--set dotted.key=value ...]
     segment assign --model MODEL_DIR --input PATH --output PATH
     segment demo [--out DIR]            simulate + fit + assign on local Spark
+    segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
 
 Exit codes: 0 success, 2 bad input or config (message names the key/column), 1 anything else.
 """
@@ -43,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--format", default=None, help="input format (default: from the path)")
     a.add_argument("--user-col", default=None, help="user id column (default: the model's)")
 
+    e = sub.add_parser("evaluate", help="off-policy evaluation of a fitted model against baselines "
+                                          "(writes evaluation.json/.md/.png next to model.json)")
+    e.add_argument("config")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    e.add_argument("--mlflow-run-id", default=None,
+                   help="log to this MLflow run (default: the model's run if known, else a new run)")
+
     d = sub.add_parser("demo", help="simulate a campaign, fit it and assign its users (local Spark)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--users", type=int, default=50_000)
@@ -57,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("py4j", "pyspark", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo}[args.verb](args)
+        return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo,
+                "evaluate": cmd_evaluate}[args.verb](args)
     except SegmentationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,6 +109,15 @@ def cmd_demo(args) -> int:
     from segmentation.workflow import run_demo
 
     run_demo(args.out, n_users=args.users, seed=args.seed)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from segmentation.config import load_config
+    from segmentation.evaluation.run import evaluate_config
+
+    cfg = load_config(args.config, args.overrides)     # validated before Spark starts
+    evaluate_config(cfg, mlflow_run_id=args.mlflow_run_id)
     return 0
 
 

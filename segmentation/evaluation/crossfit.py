@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.errors import DataValidationError
+from segmentation.errors import DataValidationError, SeparationError
 from segmentation.solver.prox_newton import Problem, fit_many
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 class CrossFit:
     beta: np.ndarray            # (F, K, p) fitting scale of the prepared encoding
     gamma: np.ndarray           # (F, m, p)
-    null_gamma: np.ndarray      # (F, m, p)
+    null_gamma: np.ndarray | None   # (F, m, p); None when that baseline had to be skipped
     info: list[dict]            # per problem: label, converged, iterations, passes, residual
     passes: int
     seconds: float
+    skipped: str | None = None  # why per_segment_models was skipped
 
 
 def warm_start_from(model, encoding) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +78,18 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50) -> Cross
         problems.append(Problem(np.inf, 0.0, include=inc, label=f"per-segment models fold {f}"))
     t0 = time.time()
     before = prepared.oracle.passes
-    res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter, label="evaluation crossfit")
+    skipped = None
+    try:
+        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter,
+                       label="evaluation crossfit")
+    except SeparationError as e:
+        # the unpenalised per-segment models can be separable where the penalised model is not:
+        # drop that baseline (reported), keep the evaluation
+        skipped = f"per_segment_models skipped: its unpenalised fit diverges ({e})"
+        log.warning(skipped)
+        problems = problems[:F]
+        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter,
+                       label="evaluation crossfit")
     seconds = time.time() - t0
     passes = prepared.oracle.passes - before
     info = [{"label": pr.label, "converged": bool(r.converged), "iterations": int(r.n_iter),
@@ -86,6 +98,6 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50) -> Cross
     return CrossFit(
         beta=np.stack([r.beta for r in res[:F]]),
         gamma=np.stack([r.gamma for r in res[:F]]),
-        null_gamma=np.stack([r.gamma for r in res[F:]]),
-        info=info, passes=int(passes), seconds=float(seconds),
+        null_gamma=np.stack([r.gamma for r in res[F:]]) if skipped is None else None,
+        info=info, passes=int(passes), seconds=float(seconds), skipped=skipped,
     )

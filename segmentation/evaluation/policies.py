@@ -145,7 +145,10 @@ def decisions(z: np.ndarray, fold: np.ndarray, fm: FoldModels) -> dict:
     if len(fold) and (fold.min() < 0 or fold.max() >= fm.n_folds):
         raise ValueError(f"fold ids must be in 0..{fm.n_folds - 1}")
     res: dict = {}
-    for f in np.unique(fold):
+    folds = np.unique(fold)
+    if len(folds) == 1:
+        return fold_decisions(z, int(folds[0]), fm)
+    for f in folds:
         rows = np.flatnonzero(fold == f)
         part = fold_decisions(z[rows], int(f), fm)
         if not res:
@@ -181,7 +184,7 @@ def term_names(fm: FoldModels) -> list[str]:
     for P in fm.policies:
         names += [f"ipw:{P}", f"w:{P}", f"dr:{P}", f"dm:{P}"]
     if fm.control is not None:
-        names += ["upl", "neg", "treat"]
+        names += ["upl", "neg", "treat", "negdr"]
         for j in fm.assignable:
             names += [f"mem:{j}", f"drT:{j}", f"drC:{j}", f"upl:{j}", f"neg:{j}"]
     return names
@@ -194,9 +197,11 @@ def row_terms(z, y, a, p, fold, fm: FoldModels) -> tuple[np.ndarray, list[str]]:
     ``dr:P`` = sum_k P(k | x) q_k + w (y - q_a) (doubly robust, q = the cross-fitted response
     model), ``dm:P`` = sum_k P(k | x) q_k (direct method). ``n`` = 1 (one exposure).
     With a control arm: ``upl`` predicted uplift of the assigned segment over control, ``neg``
-    = 1{upl < 0} (sleeping dogs), ``treat`` the breakeven decision, and per assignable segment
-    j the member indicator ``mem:j`` and, times it, ``drT:j`` (DR term of showing j's creatives
-    uniformly), ``drC:j`` (DR term of control), ``upl:j``, ``neg:j``.
+    = 1{upl < 0} (sleeping dogs), ``treat`` the breakeven decision, ``negdr`` = neg x (DR term
+    of segment - DR term of control) (the DR uplift of the predicted sleeping dogs: are they
+    really hurt?), and per assignable segment j the member indicator ``mem:j`` and, times it,
+    ``drT:j`` (DR term of showing j's creatives uniformly), ``drC:j`` (DR term of control),
+    ``upl:j``, ``neg:j``.
 
     z: (n, p) design on the fitting scale; y: (n,) 0/1; a: (n,) creative shown; p: (n,)
     probability with which it was shown (logged propensity or empirical share); fold: (n,).
@@ -222,11 +227,12 @@ def row_terms(z, y, a, p, fold, fm: FoldModels) -> tuple[np.ndarray, list[str]]:
         cols += [w * y, w, dr, dm]
     if fm.control is not None:
         upl = dec["uplift"]
-        cols += [upl, (upl < 0).astype(float), dec["treat"]]
-        U = fm.uniform_over_segment()
+        neg = (upl < 0).astype(float)
         c0 = fm.control
         w_c = (a == c0) / p
         dr_c = q[:, c0] + w_c * resid
+        cols += [upl, neg, dec["treat"], neg * (dr_of["segment"] - dr_c)]
+        U = fm.uniform_over_segment()
         seg = dec["segment"]
         for j in fm.assignable:
             mem = (seg == j).astype(float)

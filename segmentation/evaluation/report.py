@@ -79,6 +79,9 @@ def markdown(result: dict) -> str:
         o = u["overall"]
         lines.append(f"| all users | 100% | {_pct(o['predicted_uplift'])} | {_pct(o['dr_uplift'])} | "
                      f"{_pct(o['share_negative'], 1)} |")
+        lines += ["", "Predicted sleeping dogs are a plug-in (model-based) classification; their "
+                  f"DR-estimated uplift (are they really hurt by treatment?): "
+                  f"{_pct(o.get('dr_uplift_of_predicted_negative'))}."]
         t = s["targeting"]
         lines += ["", "## Breakeven targeting", "",
                   f"Treat a user (with their segment's creatives) only when value x predicted uplift > "

@@ -154,6 +154,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         # ---- cross-fitted fold models
         cf = crossfit(prepared, model, tol=cfg.model.tol, max_iter=cfg.model.max_iter)
         timings["crossfit"] = cf.seconds
+        if cf.skipped:
+            warns.append(cf.skipped)
         diag["crossfit"] = {"problems": len(cf.info), "passes": cf.passes, "seconds": cf.seconds,
                             "all_converged": all(i["converged"] for i in cf.info), "fits": cf.info}
 

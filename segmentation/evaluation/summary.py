@@ -48,6 +48,7 @@ def uplift_table(m: Moments, segments: dict[int, str]) -> dict:
         "predicted_uplift": ratio_estimate(m, Ratio({"upl": 1.0}, {"n": 1.0})),
         "dr_uplift": difference_estimate(m, value_ratio("segment", "dr"), value_ratio("control", "dr")),
         "share_negative": ratio_estimate(m, Ratio({"neg": 1.0}, {"n": 1.0})),
+        "dr_uplift_of_predicted_negative": ratio_estimate(m, Ratio({"negdr": 1.0}, {"neg": 1.0})),
     }, "segments": {}}
     for j, name in segments.items():
         mem = {f"mem:{j}": 1.0}
