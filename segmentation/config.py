@@ -146,11 +146,14 @@ class SegmentConfig(_Section):
             self.segments = validate_segment_mapping(self.segments, self.control)
         return self
 
-    def segment_mapping(self, base_dir: str = ".") -> dict[str, list[str]]:
-        """The segment -> creatives mapping, reading ``segments_file`` if that is how it was given."""
+    def segment_mapping(self) -> dict[str, list[str]]:
+        """The segment -> creatives mapping, reading ``segments_file`` if that is how it was given.
+
+        Relative paths (here as in ``data.exposures``) are relative to the working directory.
+        """
         if self.segments is not None:
             return self.segments
-        return read_segments_file(self.segments_file, self.control, base_dir)
+        return read_segments_file(self.segments_file, self.control)
 
 
 def validate_segment_mapping(mapping: dict, control: str | None) -> dict[str, list[str]]:
@@ -174,8 +177,7 @@ def validate_segment_mapping(mapping: dict, control: str | None) -> dict[str, li
     return out
 
 
-def read_segments_file(path: str, control: str | None, base_dir: str = ".") -> dict[str, list[str]]:
-    path = path if os.path.isabs(path) else os.path.join(base_dir, path)
+def read_segments_file(path: str, control: str | None) -> dict[str, list[str]]:
     if not os.path.exists(path):
         raise ConfigError(f"config key 'segments_file': file not found: {path}")
     with open(path, newline="") as fh:
@@ -237,15 +239,16 @@ def load_config(path: str, overrides: list[str] | None = None) -> SegmentConfig:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
-    return parse_config(apply_overrides(raw, overrides or []), base_dir=os.path.dirname(os.path.abspath(path)))
+    cfg = parse_config(apply_overrides(raw, overrides or []))
+    cfg.segment_mapping()          # a segments_file is read and checked before Spark starts
+    return cfg
 
 
-def parse_config(raw: dict, base_dir: str = ".") -> SegmentConfig:
+def parse_config(raw: dict) -> SegmentConfig:
     try:
         cfg = SegmentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    cfg._base_dir = base_dir  # type: ignore[attr-defined]
     return cfg
 
 

@@ -67,7 +67,7 @@ class PreparedData:
 
 def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
     d = cfg.data
-    mapping = cfg.segment_mapping(getattr(cfg, "_base_dir", "."))
+    mapping = cfg.segment_mapping()
     df = read_exposures(spark, d.exposures, d.format)
     report = validate_exposures(
         df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
