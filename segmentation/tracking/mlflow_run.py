@@ -64,7 +64,7 @@ class FitTracker:
             name, artifact_location=_artifact_location(self.uri))
         now = _dt.datetime.now(_dt.timezone.utc)
         source = cfg.data.exposures
-        short = os.path.basename(os.path.normpath(source)) or source
+        short = "/".join(os.path.normpath(source).split(os.sep)[-2:]) or source
         run_name = cfg.mlflow.run_name or f"{kind} {short} {now:%Y-%m-%d %H:%M}"
         tags = {"segmentation.kind": kind, "segmentation.data_path": source,
                 "segmentation.date": now.strftime("%Y-%m-%d"),
@@ -213,10 +213,15 @@ def pyfunc_signature(model):
 
 def save_pyfunc(model, model_json: str, path: str) -> str:
     """Save the pyfunc (models from code, coefficients as the JSON artifact) to ``path``."""
+    import warnings
+
     import mlflow
 
-    mlflow.pyfunc.save_model(
-        path, python_model=PYFUNC_CODE, artifacts={"model_json": model_json},
-        signature=pyfunc_signature(model),
-        pip_requirements=[f"mlflow=={mlflow.__version__}", "numpy", "pandas"])
+    with warnings.catch_warnings():
+        # "add type hints" / "no input example": the signature is given explicitly instead
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(
+            path, python_model=PYFUNC_CODE, artifacts={"model_json": model_json},
+            signature=pyfunc_signature(model),
+            pip_requirements=[f"mlflow=={mlflow.__version__}", "numpy", "pandas"])
     return path

@@ -99,7 +99,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["model_json"]) as fh:
             self.scorer = SegmentScorer(json.load(fh))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         return self.scorer.predict(model_input)
