@@ -148,16 +148,18 @@ def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
 CV_TABLE_NAME = "cv_table.csv"
 
 
-def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print):
+def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=None):
     """Cross-validated selection over the (lambda, alpha) grid (``segmentation.selection``);
-    returns (CVResult, SegmentationModel of the full-data fit at the chosen point)."""
+    returns (CVResult, SegmentationModel of the full-data fit at the chosen point). ``on_point``
+    receives each grid point's table row as soon as it is complete (MLflow child runs)."""
     from segmentation.errors import SegmentationError
     from segmentation.selection.cv import cross_validate
 
     m = cfg.model
     cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
-                        tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv")
+                        tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
+                        on_point=on_point)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

@@ -62,7 +62,8 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
             if single:
                 model = fit_single(prepared, cfg)
             else:
-                cv, model = fit_cv(prepared, cfg)
+                cv, model = fit_cv(prepared, cfg, on_point=None if tracker is None
+                                   else tracker.start_children(cfg.cv.folds))
                 print(cv.summary())
             if tracker is not None:
                 model.fit["mlflow_run_id"] = tracker.run_id
@@ -81,7 +82,9 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
         if tracker is not None:
             if cv is not None:
                 secs = tracker.log_cv(cv, prepared.structure)
-                log.info("logged %d grid-point runs to MLflow in %.1fs", len(cv.points), secs)
+                log.info("logged %d grid-point runs to MLflow (%.1fs in the background during the "
+                         "CV, %.1fs after it)", len(cv.points),
+                         tracker.timings.get("children_background", 0.0), secs)
             tracker.log_results(model, out_dir, cv=cv, structure=prepared.structure,
                                 extra_metrics={"fit_seconds": seconds})
             tracker.finish("FINISHED")

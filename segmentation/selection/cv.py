@@ -150,38 +150,9 @@ class CVResult:
         """pandas DataFrame, one row per (alpha, lambda) reached (see module docstring)."""
         import pandas as pd
 
-        F = self.n_folds
-        rows = []
-        for (ai, k), pt in sorted(self.points.items()):
-            full = pt.full
-            row = {
-                "alpha_index": ai, "lambda_index": k, "alpha": pt.alpha, "lambda": pt.lam,
-                "lambda_ratio": pt.lam / self.lambda_max[ai] if np.isfinite(self.lambda_max[ai]) else math.nan,
-            }
-            for f in range(F):
-                row[f"deviance_fold{f}"] = float(pt.heldout_deviance[f])
-            for f in range(F):
-                row[f"auc_fold{f}"] = float(pt.heldout_auc[f])
-            pen_cr, pen_seg = _penalised(structure, full)
-            row.update({
-                "mean_deviance": pt.mean_deviance, "se_deviance": pt.se_deviance,
-                "mean_auc": pt.mean_auc, "se_auc": pt.se_auc,
-                "fused": int(np.sum(full.fused[pen_cr])),
-                "n_penalised_creatives": int(np.sum(pen_cr)),
-                "gamma_nonzero": int(np.count_nonzero(full.gamma[pen_seg, 1:])),
-                "iterations": int(full.n_iter),
-                "passes": int(full.n_passes),
-                "residual": float(full.residual),
-                "converged": bool(full.converged),
-                "fold_max_iterations": int(max(r.n_iter for r in pt.folds)) if pt.folds else 0,
-                "folds_not_converged": int(sum(not r.converged for r in pt.folds)) if pt.folds else 0,
-                "step_passes": int(pt.step_passes),
-                "chosen": (ai, k) == self.chosen,
-                "warning": " | ".join(pt.warnings + ([self.stopped[ai]] if ai in self.stopped
-                                                     and k == max(j for a, j in self.points if a == ai)
-                                                     else [])),
-            })
-            rows.append(row)
+        rows = [point_row(pt, self.n_folds, self.lambda_max[ai], structure, chosen=(ai, k) == self.chosen,
+                          stopped=self.stopped.get(ai) if k == max(j for a, j in self.points if a == ai) else None)
+                for (ai, k), pt in sorted(self.points.items())]
         return pd.DataFrame(rows)
 
     def write_table(self, path: str, structure: SegmentStructure | None = None) -> str:
@@ -225,6 +196,40 @@ class CVResult:
                   f"(index {pt.lambda_index}), held-out deviance {pt.mean_deviance:.6f} "
                   f"+- {pt.se_deviance:.6f}, AUC {pt.mean_auc:.4f}")
         return s
+
+
+def point_row(pt: PathPoint, n_folds: int, lambda_max: float, structure=None, *, chosen: bool = False,
+              stopped: str | None = None) -> dict:
+    """The CV table row of one grid point (also what its MLflow child run records)."""
+    full = pt.full
+    F = n_folds
+    row = {
+        "alpha_index": pt.alpha_index, "lambda_index": pt.lambda_index, "alpha": pt.alpha,
+        "lambda": pt.lam,
+        "lambda_ratio": pt.lam / lambda_max if np.isfinite(lambda_max) else math.nan,
+    }
+    for f in range(F):
+        row[f"deviance_fold{f}"] = float(pt.heldout_deviance[f])
+    for f in range(F):
+        row[f"auc_fold{f}"] = float(pt.heldout_auc[f])
+    pen_cr, pen_seg = _penalised(structure, full)
+    row.update({
+        "mean_deviance": pt.mean_deviance, "se_deviance": pt.se_deviance,
+        "mean_auc": pt.mean_auc, "se_auc": pt.se_auc,
+        "fused": int(np.sum(full.fused[pen_cr])),
+        "n_penalised_creatives": int(np.sum(pen_cr)),
+        "gamma_nonzero": int(np.count_nonzero(full.gamma[pen_seg, 1:])),
+        "iterations": int(full.n_iter),
+        "passes": int(full.n_passes),
+        "residual": float(full.residual),
+        "converged": bool(full.converged),
+        "fold_max_iterations": int(max(r.n_iter for r in pt.folds)) if pt.folds else 0,
+        "folds_not_converged": int(sum(not r.converged for r in pt.folds)) if pt.folds else 0,
+        "step_passes": int(pt.step_passes),
+        "chosen": bool(chosen),
+        "warning": " | ".join(pt.warnings + ([stopped] if stopped else [])),
+    })
+    return row
 
 
 def _penalised(structure, fit: FitResult):
@@ -298,7 +303,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    n_lambda: int = 20, lambda_min_ratio: float = 0.01, folds: bool = True,
                    rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
                    progress: Callable[[str], None] | None = print, spark=None,
-                   name: str = "cv") -> CVResult:
+                   name: str = "cv", on_point: Callable[[dict], None] | None = None) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -306,7 +311,11 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     ``lambda_min_ratio * lambda_max``), or an explicit list (sorted decreasing, same for every
     alpha). ``folds=False`` fits the full-data paths only (no held-out metrics, no selection):
     the baseline a cross-validation's cost is compared with. ``progress`` gets one line per
-    lambda index (None: silent). ``spark`` defaults to ``oracle.spark`` when it has one; jobs
+    lambda index (None: silent). ``on_point`` (cross-validation only) gets each grid point's
+    table row (``point_row``; ``chosen`` still False) as soon as its held-out metrics are in,
+    while Spark computes the next lambda (MLflow child runs are logged from there, in the
+    shadow of the passes); an exception in it is reported once and the hook dropped.
+    ``spark`` defaults to ``oracle.spark`` when it has one; jobs
     are then counted with a job group (``jobs.count_jobs``).
     """
     t0 = time.time()
@@ -324,7 +333,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0)
+                   max_iter, say, name, passes0, on_point)
     res.jobs = jc.jobs if spark is not None else None
     res.job_group = jc.group if spark is not None else None
     res.passes = oracle.passes - passes0
@@ -336,7 +345,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
 
 
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-         name, passes0) -> CVResult:
+         name, passes0, on_point=None) -> CVResult:
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
     null, lmax = null_fits(oracle, structure, [a for a in alphas],
@@ -366,6 +375,20 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
     announced = set()
     heldout_extra = 0
 
+    hook = {"fn": on_point}
+
+    def _emit(p: PathPoint) -> None:
+        if hook["fn"] is None:
+            return
+        last = p.alpha_index in stopped and not any(
+            (p.alpha_index, j) in points for j in range(p.lambda_index + 1, n_steps))
+        try:
+            hook["fn"](point_row(p, F, lmax[p.alpha_index], structure,
+                                 stopped=stopped.get(p.alpha_index) if last else None))
+        except Exception as err:  # noqa: BLE001 - bookkeeping must not kill the fit
+            warnings.warn(f"on_point hook failed, dropped: {err!r}", RuntimeWarning, stacklevel=2)
+            hook["fn"] = None
+
     def announce(k: int) -> None:
         """One console line for lambda index k once all its held-out metrics are in."""
         pts = [points[(a, k)] for a in range(A) if (a, k) in points]
@@ -376,6 +399,9 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         for p in pts:
             _fill_heldout(p, found, F)
         announced.add(k)
+        if on_point is not None and F:
+            for p in pts:
+                _emit(p)
         st = steps[k]
         parts = []
         for p in pts:

@@ -102,39 +102,64 @@ class FitTracker:
                   metrics=[(f"data_{k}", v, 0) for k, v in facts.items()],
                   tags={"segmentation.features": ",".join(enc.feature_names)})
 
+    def _log_child(self, r: dict, F: int, chosen: bool = False) -> str:
+        tags = {"mlflow.parentRunId": self.run_id, "segmentation.kind": "grid-point",
+                "chosen": str(bool(chosen)).lower()}
+        if r["warning"]:
+            tags["warning"] = r["warning"]
+        child = self.client.create_run(
+            self.experiment_id, tags=tags,
+            run_name=f"alpha={r['alpha']:g} lambda[{int(r['lambda_index'])}]={r['lambda']:.4g}")
+        metrics = []
+        for f in range(F):
+            metrics.append(("heldout_deviance", r[f"deviance_fold{f}"], f))
+            metrics.append(("heldout_auc", r[f"auc_fold{f}"], f))
+        for k, col in (("mean_heldout_deviance", "mean_deviance"), ("se_heldout_deviance", "se_deviance"),
+                       ("mean_heldout_auc", "mean_auc"), ("se_heldout_auc", "se_auc"),
+                       ("fused_creatives", "fused"), ("gamma_nonzero", "gamma_nonzero"),
+                       ("iterations", "iterations"), ("passes", "passes"), ("residual", "residual"),
+                       ("lambda_ratio", "lambda_ratio")):
+            metrics.append((k, r[col], 0))
+        self._log(child.info.run_id,
+                  params={"lambda": repr(float(r["lambda"])), "alpha": repr(float(r["alpha"])),
+                          "lambda_index": int(r["lambda_index"]), "folds": F},
+                  metrics=metrics)
+        self.client.set_terminated(child.info.run_id, "FINISHED")
+        return child.info.run_id
+
+    def start_children(self, n_folds: int) -> "ChildLogger":
+        """A callable for ``cross_validate(on_point=...)``: logs each grid point's child run
+        from a background thread while Spark computes the next lambda."""
+        self._children = ChildLogger(self, n_folds)
+        return self._children
+
     def log_cv(self, cv, structure) -> float:
-        """One child run per grid point; returns the seconds it took."""
+        """Make sure every grid point has its child run (those the background logger did not
+        log are logged now), tag the chosen one; returns the seconds spent here after the CV."""
         t0 = time.time()
-        table = cv.table(structure)
         F = cv.n_folds
+        logger = getattr(self, "_children", None)
+        done: dict = {}
+        if logger is not None:
+            done = logger.close()
+            if logger.error is not None:
+                import logging
+
+                logging.getLogger(__name__).warning("background MLflow logging failed (%r); "
+                                                    "logging the remaining grid points now", logger.error)
+            self.timings["children_background"] = logger.busy
+        table = cv.table(structure)
         for _, r in table.iterrows():
-            chosen = bool(r["chosen"])
-            tags = {"mlflow.parentRunId": self.run_id, "segmentation.kind": "grid-point",
-                    "chosen": str(chosen).lower()}
-            if r["warning"]:
-                tags["warning"] = r["warning"]
-            child = self.client.create_run(
-                self.experiment_id, tags=tags,
-                run_name=f"alpha={r['alpha']:g} lambda[{int(r['lambda_index'])}]={r['lambda']:.4g}")
-            metrics = []
-            for f in range(F):
-                metrics.append(("heldout_deviance", r[f"deviance_fold{f}"], f))
-                metrics.append(("heldout_auc", r[f"auc_fold{f}"], f))
-            for k in ("mean_deviance", "se_deviance", "mean_auc", "se_auc"):
-                metrics.append((k.replace("deviance", "heldout_deviance").replace("auc", "heldout_auc")
-                                if "heldout" not in k else k, r[k], 0))
-            for k, col in (("fused_creatives", "fused"), ("gamma_nonzero", "gamma_nonzero"),
-                           ("iterations", "iterations"), ("passes", "passes"), ("residual", "residual"),
-                           ("lambda_ratio", "lambda_ratio")):
-                metrics.append((k, r[col], 0))
-            self._log(child.info.run_id,
-                      params={"lambda": repr(float(r["lambda"])), "alpha": repr(float(r["alpha"])),
-                              "lambda_index": int(r["lambda_index"]), "folds": F},
-                      metrics=metrics)
-            self.client.set_terminated(child.info.run_id, "FINISHED")
+            key = (int(r["alpha_index"]), int(r["lambda_index"]))
+            if key in done:
+                if bool(r["chosen"]):
+                    self.client.set_tag(done[key], "chosen", "true")
+                continue
+            done[key] = self._log_child(r.to_dict(), F, chosen=bool(r["chosen"]))
         secs = time.time() - t0
         self.timings["children"] = secs
         self.timings["n_children"] = len(table)
+        self.child_runs = done
         return secs
 
     def log_results(self, model, model_dir: str, cv=None, structure=None, extra_metrics=None) -> None:
@@ -188,6 +213,45 @@ class FitTracker:
     @property
     def model_uri(self) -> str:
         return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
+
+
+class ChildLogger:
+    """Queue + worker thread logging child runs (``FitTracker.start_children``)."""
+
+    def __init__(self, tracker: FitTracker, n_folds: int):
+        import queue
+        import threading
+
+        self.tracker, self.n_folds = tracker, n_folds
+        self.queue: "queue.Queue" = queue.Queue()
+        self.logged: dict = {}
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.thread = threading.Thread(target=self._work, name="mlflow-child-runs", daemon=True)
+        self.thread.start()
+
+    def __call__(self, row: dict) -> None:
+        self.queue.put(dict(row))
+
+    def _work(self) -> None:
+        while True:
+            row = self.queue.get()
+            if row is None:
+                return
+            if self.error is not None:
+                continue
+            t0 = time.time()
+            try:
+                key = (int(row["alpha_index"]), int(row["lambda_index"]))
+                self.logged[key] = self.tracker._log_child(row, self.n_folds)
+            except Exception as err:  # noqa: BLE001 - reported by close(), rest logged synchronously
+                self.error = err
+            self.busy += time.time() - t0
+
+    def close(self) -> dict:
+        self.queue.put(None)
+        self.thread.join()
+        return dict(self.logged)
 
 
 def _finite(v) -> bool:

@@ -210,3 +210,22 @@ def test_job_labels_name_lambda_alphas_folds_and_pass(camp20k):
     assert any("lambda 2/3" in lb and "pass 1 (+ held-out metrics of lambda 1/3)" in lb for lb in path)
     assert any("null models" in lb for lb in rec.labels)
     assert "held-out metrics of the last lambda" in rec.labels[-1]
+
+
+def test_on_point_streams_complete_rows(camp20k):
+    st, oracle, _, _ = camp20k
+    rows = []
+    res = cross_validate(oracle, st, ALPHAS[:2], n_lambda=3, progress=None, on_point=rows.append)
+    assert len(rows) == len(res.points) == 6
+    assert {(r["alpha_index"], r["lambda_index"]) for r in rows} == set(res.points)
+    t = res.table(st).set_index(["alpha_index", "lambda_index"])
+    for r in rows:
+        assert not r["chosen"] and np.isfinite(r["mean_deviance"])
+        assert r["mean_deviance"] == t.loc[(r["alpha_index"], r["lambda_index"]), "mean_deviance"]
+
+    def bad(_row):
+        raise RuntimeError("hook broke")
+
+    with pytest.warns(RuntimeWarning, match="on_point hook failed"):
+        again = cross_validate(oracle, st, ALPHAS[:1], n_lambda=2, progress=None, on_point=bad)
+    assert again.chosen is not None
