@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Large-p benchmark: full per-creative Hessians against diagonal curvature (issue 2).
+
+For each p (covariates + intercept = p columns) a synthetic campaign (``--rows`` rows, 12
+creatives in 4 segments of 3, standardised Gaussian covariates with a mild common factor
+inside groups of 10 columns (pairwise correlation ~0.2), a sparse planted gamma per segment,
+one deviant creative), held as ``--blocks`` numpy blocks in a ``LocalOracle`` (the in-memory
+floor; the Spark oracle runs the same kernel per block). Per curvature mode it prints:
+
+- s/pass, cpu/pass: one oracle pass (loss + gradient + that curvature), median of ``--reps``,
+  wall and process CPU seconds (one BLAS thread: CPU seconds are robust to other load on a
+  shared machine, wall seconds are not);
+- KB/block: the pickled size of one block's result (what a Spark task sends to the driver);
+- passes cold: fit at lambda_hi = 1.25 lambda from the default cold start;
+- passes warm: fit at lambda warm-started from the lambda_hi solution;
+- driver s/iter: CPU seconds outside oracle passes per iteration (model solves, line search);
+- wall: total of the two fits;
+- gap: relative objective difference to the full-curvature fit (same fused set / gamma zeros).
+
+alpha = 0.5, lambda = ``--lam-frac`` x lambda_max, tol = ``--tol`` (KKT residual).
+Full curvature is fitted only for p <= ``--full-max-p`` (above it, one pass and one model solve
+are timed and the fit is estimated as NOT RUN).
+
+Usage: .venv/bin/python benchmarks/bench_large_p.py [--rows 200000] [--p 50 200 1000 2000]
+"""
+from __future__ import annotations
+
+import os
+
+# One BLAS thread (as bench_core.py, fair to Spark's single-threaded tasks), set before numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import pickle  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from segmentation.oracle.kernel import block_statistics  # noqa: E402
+from segmentation.oracle.local import LocalOracle  # noqa: E402
+from segmentation.solver.null_model import lambda_max  # noqa: E402
+from segmentation.solver.penalty import FusedGroupPenalty  # noqa: E402
+from segmentation.solver.prox_newton import fit  # noqa: E402
+from segmentation.solver.structure import SegmentStructure  # noqa: E402
+from segmentation.solver.subproblem import QuadraticModel  # noqa: E402
+
+MAPPING = {f"S{j}": [f"S{j}c{i}" for i in range(3)] for j in range(4)}
+
+
+def simulate(rows: int, p: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    st = SegmentStructure.from_mapping(MAPPING)
+    K, m, q = st.n_creatives, st.n_segments, p - 1
+    Z = rng.standard_normal((rows, q), dtype=np.float64)
+    groups = max(1, q // 10)
+    F = rng.standard_normal((rows, groups))
+    Z += 0.5 * F[:, np.minimum(np.arange(q) // 10, groups - 1)]
+    Z -= Z.mean(axis=0)
+    Z /= Z.std(axis=0)
+    X = np.empty((rows, p))
+    X[:, 0] = 1.0
+    X[:, 1:] = Z
+    del Z, F
+    k = max(2, q // 10)                          # nonzero covariates per segment
+    gamma = np.zeros((m, p))
+    gamma[:, 0] = rng.normal(-1.0, 0.3, m)
+    for j in range(m):
+        nz = rng.choice(np.arange(1, p), k, replace=False)
+        gamma[j, nz] = rng.normal(0, np.sqrt(1.5 / k), k)
+    beta = gamma[st.segment_index].copy()
+    beta[1] += rng.normal(0, np.sqrt(1.0 / p), p)             # the deviant creative
+    creative = rng.integers(0, K, rows)
+    eta = np.einsum("ij,ij->i", X, beta[creative])
+    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+    return st, X, y, creative
+
+
+class TimedOracle:
+    """Counts oracle time so driver time = wall - oracle time."""
+
+    def __init__(self, oracle):
+        self.o = oracle
+        self.seconds = 0.0
+        self.cpu = 0.0
+        for a in ("n_features", "n_creatives", "n_folds", "counts", "positives"):
+            setattr(self, a, getattr(oracle, a))
+        self.passes = 0
+
+    def evaluate(self, *a, **k):
+        t, c = time.perf_counter(), time.process_time()
+        r = self.o.evaluate(*a, **k)
+        self.seconds += time.perf_counter() - t
+        self.cpu += time.process_time() - c
+        self.passes += 1
+        return r
+
+
+def timed_fit(oracle, st, lam, alpha, mode, tol, warm=None):
+    to = TimedOracle(oracle)
+    t, c = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fit(to, st, lam, alpha, tol=tol, max_iter=50, warm_start=warm, curvature=mode)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return r, wall, cpu - to.cpu
+
+
+def model_setup_seconds(oracle, st, beta0, lam, alpha):
+    """Full mode, fit not run: driver seconds to set up one model (damping + the K
+    eigendecompositions of p x p), a lower bound on its driver seconds per iteration."""
+    res = oracle.evaluate(beta0, curvature=True)
+    pen = FusedGroupPenalty(st, lam, alpha)
+    t = time.process_time()
+    QuadraticModel(pen, beta0, res.grad[0], res.hess[0])
+    return time.process_time() - t
+
+
+def spark_section(args):
+    """The same kernel through SparkOracle (local[2], blocks memory-mapped by the executors):
+    seconds per pass per mode, result size, and a diagonal-mode fit (cold) at one p."""
+    import os
+    import shutil
+    import tempfile
+
+    from segmentation.data.blocks import save_block
+    from segmentation.oracle.spark import SparkOracle
+    from segmentation.spark_session import get_or_create_spark
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")       # executors: one thread per task
+    p = args.spark_p
+    st, X, y, creative = simulate(args.rows, p)
+    local = LocalOracle.from_arrays(X, y, creative, n_creatives=st.n_creatives,
+                                    add_intercept=False, n_blocks=args.blocks)
+    del X
+    tmp = tempfile.mkdtemp(prefix="bench_large_p_")
+    lines = []
+    try:
+        paths = []
+        for b, block in enumerate(local.blocks):
+            path = os.path.join(tmp, f"part-{b:05d}")
+            save_block(block, path)
+            paths.append(path)
+        spark = get_or_create_spark("bench_large_p", "local[2]",
+                                    {"spark.ui.enabled": "false", "spark.driver.memory": "4g",
+                                     "spark.driver.maxResultSize": "4g"})
+        oracle = SparkOracle(spark, paths, counts=local.counts, positives=local.positives,
+                             n_features=p, n_creatives=st.n_creatives, n_folds=1)
+        null = fit(local, st, np.inf, args.alpha, tol=1e-10, curvature="diagonal")
+        lam = args.lam_frac * lambda_max(st, args.alpha, null.grad)
+        oracle.evaluate(null.beta, curvature=False)                  # warm the worker cache
+        print(f"# SparkOracle local[2], p={p}, rows={args.rows}, {args.blocks} blocks "
+              f"(OPENBLAS_NUM_THREADS=1 in the executors)", flush=True)
+        print(f"{'p':>5} {'mode':>8} {'s/pass':>8} {'KB/block':>10} {'cold':>5} {'wall s':>8} notes",
+              flush=True)
+        for mode in args.modes:
+            curv = True if mode == "full" else "diagonal"
+            ts = []
+            for _ in range(1 if mode == "full" else args.reps):
+                t = time.perf_counter()
+                oracle.evaluate(null.beta, curvature=curv)
+                ts.append(time.perf_counter() - t)
+            blk = block_statistics(local.blocks[0], null.beta[None], np.ones((1, 1), bool), curv)
+            kb = len(pickle.dumps(blk, protocol=pickle.HIGHEST_PROTOCOL)) / 1024
+            if mode == "diagonal":
+                r, wall, _ = timed_fit(oracle, st, 1.25 * lam, args.alpha, mode, args.tol)
+                cold, note = f"{r.n_passes:>5}", f"fit wall {wall:.1f} s, res {r.residual:.1e}"
+                line = f"{p:>5} {mode:>8} {np.median(ts):>8.3f} {kb:>10.0f} {cold} {wall:>8.1f} {note}"
+            else:
+                line = (f"{p:>5} {mode:>8} {np.median(ts):>8.3f} {kb:>10.0f} {'-':>5} {'-':>8} "
+                        f"one pass only")
+            print(line, flush=True)
+            lines.append(line)
+        spark.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--p", type=int, nargs="+", default=[50, 200, 1000, 2000])
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--lam-frac", type=float, default=0.5)
+    ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--full-max-p", type=int, default=1000)
+    ap.add_argument("--modes", nargs="+", default=["full", "diagonal"])
+    ap.add_argument("--spark-p", type=int, default=0,
+                    help="also time the SparkOracle at this p (0: skip)")
+    ap.add_argument("--skip-local", action="store_true")
+    args = ap.parse_args()
+    print(f"# bench_large_p: rows={args.rows} K=12 (4 segments x 3) alpha={args.alpha} "
+          f"lambda={args.lam_frac} x lambda_max tol={args.tol} blocks={args.blocks}; "
+          f"{platform.processor() or platform.machine()}, numpy {np.__version__}", flush=True)
+    head = (f"{'p':>5} {'mode':>8} {'s/pass':>8} {'cpu/pass':>8} {'KB/block':>10} {'cold':>5} "
+            f"{'warm':>5} {'drv s/it':>8} {'wall s':>8} {'gap':>9} {'fused':>6} {'notes'}")
+    print(head, flush=True)
+    rows_out = []
+    for p in ([] if args.skip_local else args.p):
+        st, X, y, creative = simulate(args.rows, p)
+        oracle = LocalOracle.from_arrays(X, y, creative, n_creatives=st.n_creatives,
+                                         add_intercept=False, n_blocks=args.blocks)
+        del X
+        # lambda_max from the null fit (alpha > 0: the pooled intercepts, one pass for the gradient)
+        null = fit(oracle, st, np.inf, args.alpha, tol=1e-10, curvature="diagonal")
+        lmax = lambda_max(st, args.alpha, null.grad)
+        lam = args.lam_frac * lmax
+        ref = None
+        beta0 = null.beta
+        for mode in args.modes:
+            curv = True if mode == "full" else "diagonal"
+            reps = 1 if (mode == "full" and p > 500) else args.reps
+            ts, cs = [], []
+            for _ in range(reps):
+                t, c = time.perf_counter(), time.process_time()
+                oracle.evaluate(beta0, curvature=curv)
+                ts.append(time.perf_counter() - t)
+                cs.append(time.process_time() - c)
+            spass, cpass = float(np.median(ts)), float(np.median(cs))
+            blk = block_statistics(oracle.blocks[0], beta0[None], np.ones((1, 1), bool), curv)
+            kb = len(pickle.dumps(blk, protocol=pickle.HIGHEST_PROTOCOL)) / 1024
+            del blk
+            if mode == "full" and p > args.full_max_p:
+                drv = model_setup_seconds(oracle, st, beta0, lam, args.alpha)
+                line = (f"{p:>5} {mode:>8} {spass:>8.3f} {cpass:>8.3f} {kb:>10.0f} {'-':>5} {'-':>5} "
+                        f"{drv:>8.2f} {'-':>8} {'-':>9} {'-':>6} fit NOT RUN (p > --full-max-p); "
+                        f"drv = eigendecompositions only (lower bound)")
+                print(line, flush=True)
+                rows_out.append(line)
+                continue
+            hi, w1, d1 = timed_fit(oracle, st, 1.25 * lam, args.alpha, mode, args.tol)
+            lo, w2, d2 = timed_fit(oracle, st, lam, args.alpha, mode, args.tol, warm=hi)
+            drv = (d1 + d2) / max(1, hi.n_iter + lo.n_iter)
+            if ref is None:
+                ref = (hi, lo)
+                gap, same = 0.0, "ref"
+            else:
+                gap = max(abs(a.objective - b.objective) / abs(b.objective)
+                          for a, b in zip((hi, lo), ref))
+                same = "same" if all(np.array_equal(a.fused, b.fused)
+                                     and np.array_equal(a.gamma == 0, b.gamma == 0)
+                                     for a, b in zip((hi, lo), ref)) else "DIFF"
+            notes = f"fused {int(lo.fused.sum())}/12, res {lo.residual:.1e}"
+            if not (hi.converged and lo.converged):
+                notes += " NOT CONVERGED: " + (lo.message if not lo.converged else hi.message)
+            line = (f"{p:>5} {mode:>8} {spass:>8.3f} {cpass:>8.3f} {kb:>10.0f} {hi.n_passes:>5} {lo.n_passes:>5} "
+                    f"{drv:>8.3f} {w1 + w2:>8.1f} {gap:>9.1e} {same:>6} {notes}")
+            print(line, flush=True)
+            rows_out.append(line)
+        del oracle
+    if args.spark_p:
+        rows_out += spark_section(args)
+    return rows_out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
