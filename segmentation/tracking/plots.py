@@ -54,7 +54,7 @@ def gamma_heatmap(model, path: str) -> str:
             for k in range(G.shape[1]):
                 if G[j, k] != 0.0:
                     ax.text(k, j, f"{G[j, k]:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=ax, label="gamma (standardised scale); blank = exactly 0")
+    fig.colorbar(im, ax=ax, label="gamma (standardised); blank = 0")
     ax.set_title(f"Segment effects gamma (lambda={model.lam:.3g}, alpha={model.alpha:g})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
