@@ -348,7 +348,7 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
          name, passes0, on_point=None) -> CVResult:
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
-    null, lmax = null_fits(oracle, structure, [a for a in alphas],
+    null, lmax = null_fits(oracle, structure, alphas,
                            tol=min(tol, 1e-8), max_iter=max_iter,
                            label=f"{name}: null models, alphas {alpha_txt}") \
         if all(a < 1 for a in alphas) else _null_any(oracle, structure, alphas, tol, max_iter, name)
@@ -363,7 +363,6 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         grids = [g.copy() for _ in alphas]
     n_steps = max(len(g) for g in grids)
     masks = [~np.eye(F, dtype=bool)[f] for f in range(F)]
-    full_mask = np.ones(oracle.n_folds, dtype=bool)
 
     points: dict[tuple[int, int], PathPoint] = {}
     stopped: dict[int, str] = {}

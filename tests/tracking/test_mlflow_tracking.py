@@ -2,7 +2,6 @@
 pyfunc model (same segments as ``segment assign``, also through ``spark_udf``)."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
