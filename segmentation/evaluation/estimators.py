@@ -217,8 +217,10 @@ def share_check(counts: Sequence[float], expected_shares: Sequence[float] | None
     if p < alpha and out["max_rel_deviation"] > max_rel_dev:
         out["warning"] = (f"observed creative shares differ from the declared design (chi-square "
                           f"{chi2:.1f} on {K - 1} df, p={p:.2g}; the largest relative deviation is "
-                          f"{out['max_rel_deviation']:.1%}): the experiment may not have been uniform "
-                          "random; give data.propensity_col with the logged assignment probabilities")
+                          f"{out['max_rel_deviation']:.1%}). The evaluation uses the empirical shares "
+                          "as propensities, which is right only if creatives were assigned at random "
+                          "independently of the covariates; otherwise give data.propensity_col with "
+                          "the logged assignment probabilities")
     return out
 
 

@@ -196,6 +196,21 @@ def flat_metrics(result: dict) -> dict[str, float]:
     return out
 
 
+def check_run(cfg, run_id: str) -> None:
+    """Fail early (before any work) when the MLflow run to log to does not exist."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from segmentation.errors import ConfigError
+
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri(cfg)).get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"MLflow run {run_id!r} not found at {tracking_uri(cfg)}: {e}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(f"MLflow run {run_id!r} is deleted")
+
+
 def log_to_mlflow(cfg, result: dict, paths: dict[str, str], run_id: str | None = None) -> str:
     """Log metrics and the three files (artifact path ``evaluation``) to ``run_id`` with
     MlflowClient, or to a new run in ``cfg.mlflow.experiment``; returns the run id."""

@@ -102,12 +102,18 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
     d = cfg.data
     timings: dict[str, float] = {}
     warns: list[str] = []
+    if log_mlflow is None:
+        log_mlflow = bool(getattr(cfg.mlflow, "enabled", True))
+    run_id = mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
+    if write and log_mlflow and run_id:
+        report.check_run(cfg, run_id)
     own = prepared is None
+    ps = None
     if own:
         raw = read_exposures(spark, d.exposures, d.format)
         _check_model_columns(raw, model, d.propensity_col)
         if d.propensity_col:
-            sp.propensity_stats(raw, d.propensity_col, d.creative_col, list(model.creatives))
+            ps = sp.propensity_stats(raw, d.propensity_col, d.creative_col, list(model.creatives))
         from segmentation.pipeline import prepare
 
         t0 = time.time()
@@ -131,9 +137,10 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         shares = counts / counts.sum()
         diag: dict = {"creative_counts": dict(zip(creatives, counts.tolist()))}
         if d.propensity_col:
-            t0 = time.time()
-            ps = sp.propensity_stats(prepared.df, d.propensity_col, d.creative_col, creatives)
-            timings["propensity_check"] = time.time() - t0
+            if ps is None:
+                t0 = time.time()
+                ps = sp.propensity_stats(prepared.df, d.propensity_col, d.creative_col, creatives)
+                timings["propensity_check"] = time.time() - t0
             bal = propensity_balance(ps["inv_p_sum"], ps["inv_p2_sum"], ps["n_rows"])
             diag["propensity_source"] = f"logged (data.propensity_col = {d.propensity_col!r})"
             diag["propensity_range"] = [ps["min"], ps["max"]]
@@ -211,10 +218,7 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
     if write:
         target = out_dir or cfg.output.model_dir
         result.paths = report.write_outputs(result.to_dict(), target)
-        if log_mlflow is None:
-            log_mlflow = bool(getattr(cfg.mlflow, "enabled", True))
         if log_mlflow:
-            run_id = mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
             result.mlflow_run_id = report.log_to_mlflow(cfg, result.to_dict(), result.paths, run_id)
     return result
 

@@ -29,6 +29,8 @@ def _model_dir_with(planted, tmp_path):
 
 def test_no_model_json_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "model").mkdir()
+    (tmp_path / "nodata").mkdir()
+    (tmp_path / "nodata" / "creatives.csv").write_text("creative,segment\ncr01,seg1\n")
     raw = make_config(str(tmp_path / "nodata"), str(tmp_path / "model"))
     assert main(["evaluate", _config_file(tmp_path, raw)]) == 2
     err = capsys.readouterr().err
@@ -102,3 +104,13 @@ def test_evaluate_verb_writes_report_and_logs_to_mlflow(spark, planted, tmp_path
     # the same estimates as the in-process evaluation of the same model on the same folds
     same = planted["result"].summary["policies"]["segment"]["value"]["dr"]
     assert seg["estimate"] == pytest.approx(same.estimate, rel=1e-6)
+
+
+def test_unknown_mlflow_run_is_named_before_any_work(spark, planted, tmp_path, capsys):
+    mdir = _model_dir_with(planted, tmp_path)
+    raw = make_config(str(planted["root"] / "data"), str(mdir), control="ctrl",
+                      extra={"mlflow.enabled": True,
+                             "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert main(["evaluate", _config_file(tmp_path, raw), "--mlflow-run-id", "nosuchrun"]) == 2
+    assert "nosuchrun" in capsys.readouterr().err
+    assert os.listdir(mdir) == ["model.json"]

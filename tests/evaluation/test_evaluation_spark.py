@@ -104,5 +104,8 @@ def test_breakeven_targeting_profit_covers_truth_and_wins(planted, planted_truth
         assert abs(e.estimate - truth) <= 1.5 * (e.ci_high - e.estimate), k
     assert 0 < t["share_targeted"].estimate < 1
     assert t["share_targeted"].estimate == pytest.approx(dec["treat"].mean(), abs=1e-9)
-    # targeting beats treating everyone when some users are sleeping dogs and contacts cost
-    assert true_target > true_all and t["target_minus_everyone"].estimate > 0
+    # targeting truly beats treating everyone here (sleeping dogs, costly contacts); the paired
+    # difference covers it (its sign is not significant at 20k users)
+    assert true_target > true_all
+    e = t["target_minus_everyone"]
+    assert abs(e.estimate - (true_target - true_all)) <= 1.5 * (e.ci_high - e.estimate)
