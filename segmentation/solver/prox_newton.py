@@ -64,6 +64,7 @@ ARMIJO = 1e-4
 MIN_STEP = 1e-10
 DIAGONAL_ITER_FACTOR = 10
 BB_SAFETY, BB_MIN, METRIC_MAX = 1.2, 1e-3, 1e6     # spectral metric scaling (diagonal mode)
+ROUNDING_STEPS = 10
 
 
 @dataclass
@@ -127,6 +128,7 @@ class ProxNewton:
         # diagonal mode: metric sigma_c diag(H_c), sigma_c adapted per creative (_adapt_metric)
         self.metric_scale = np.ones(structure.n_creatives)
         self.gamma_prev = self.delta_prev = None
+        self._round_ref, self._round_count = None, 0
         self.penalty = FusedGroupPenalty(structure, lam, alpha)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
@@ -252,7 +254,9 @@ class ProxNewton:
         if direction is None:
             direction = self._newton_direction()
         gh, dh, decrement, pen_hat = direction
-        if not decrement < 0:
+        if not decrement < 0 and self._rounding_level_step(decrement, gh, dh):
+            decrement = 0.0          # diagonal mode: a step at rounding level (see method)
+        elif not decrement < 0:
             self._finish(self.residual <= self.tol,
                          f"no descent direction (model decrement {decrement:.3g}) at residual "
                          f"{self.residual:.3g}")
@@ -262,6 +266,25 @@ class ProxNewton:
         self._decrement = decrement
         self._t = 1.0
         self._set_trial(pen_hat)
+
+    def _rounding_level_step(self, decrement: float, gh, dh) -> bool:
+        """Diagonal mode only: take a model step whose decrement is lost in rounding.
+
+        The diagonal metric converges linearly, so near a tight tol (1e-8 and below) its
+        decrement (~ h r^2) falls below the rounding of F and may compute as >= 0 while the
+        residual is still above tol; Newton jumps past this level in one step. Such a step is
+        still a prox step of the model, so it is taken with the line search's rounding slack,
+        at most ROUNDING_STEPS times in a row without the residual halving."""
+        if self.curvature != "diagonal" or self.residual <= self.tol:
+            return False
+        if not decrement <= 1e-13 * (1.0 + abs(self.objective)):
+            return False
+        if np.array_equal(gh, self.gamma) and np.array_equal(dh, self.delta):
+            return False
+        if self._round_ref is None or self.residual <= 0.5 * self._round_ref:
+            self._round_ref, self._round_count = self.residual, 0
+        self._round_count += 1
+        return self._round_count <= ROUNDING_STEPS
 
     def _adapt_metric(self, trial, grad: np.ndarray) -> None:
         """Diagonal mode, after an accepted step: spectral (Barzilai-Borwein) scaling of the
