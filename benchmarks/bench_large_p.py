@@ -240,6 +240,8 @@ def main():
             if ref is None:
                 ref = (hi, lo)
                 gap, same = 0.0, "ref"
+                if mode != "full":
+                    gap, same = float("nan"), "-"           # no full-curvature fit to compare
             else:
                 gap = max(abs(a.objective - b.objective) / abs(b.objective)
                           for a, b in zip((hi, lo), ref))
@@ -249,7 +251,8 @@ def main():
             notes = f"fused {int(lo.fused.sum())}/12, res {lo.residual:.1e}"
             if not (hi.converged and lo.converged):
                 notes += " NOT CONVERGED: " + (lo.message if not lo.converged else hi.message)
-            line = (f"{p:>5} {mode:>8} {spass:>8.3f} {cpass:>8.3f} {kb:>10.0f} {hi.n_passes:>5} {lo.n_passes:>5} "
+            line = (f"{p:>5} {mode:>8} {spass:>8.3f} {cpass:>8.3f} {kb:>10.0f} {hi.n_passes:>5} "
+                    f"{lo.n_passes:>5} "
                     f"{drv:>8.3f} {w1 + w2:>8.1f} {gap:>9.1e} {same:>6} {notes}")
             print(line, flush=True)
             rows_out.append(line)

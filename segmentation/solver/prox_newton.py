@@ -181,7 +181,8 @@ class ProxNewton:
         return to_beta(self.structure, *self._trial)
 
     def tell(self, loss, grad, hess, max_abs_eta) -> None:
-        """The oracle's answer at the point returned by the last ask()."""
+        """The oracle's answer at the point returned by the last ask(); ``hess`` is (K, p, p)
+        (full curvature) or the (K, p) Hessian diagonals (``curvature="diagonal"``)."""
         if self._done:
             raise RuntimeError("tell() after the fit finished")
         K, p = self.structure.n_creatives, self.p
