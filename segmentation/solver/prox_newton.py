@@ -129,6 +129,7 @@ class ProxNewton:
         self.metric_scale = np.ones(structure.n_creatives)
         self.gamma_prev = self.delta_prev = None
         self._round_ref, self._round_count = None, 0
+        self._rounding_trial = False
         self.penalty = FusedGroupPenalty(structure, lam, alpha)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
@@ -211,6 +212,10 @@ class ProxNewton:
                 self._adapt_metric(self._trial, grad)
             self._accept(loss, grad, hess, eta)
             return
+        if self._rounding_trial:
+            self._finish(False, f"no descent direction (model decrement at rounding level, unit "
+                                f"step rejected) at residual {self.residual:.3g}")
+            return
         self._t *= 0.5
         if self._t < MIN_STEP:
             self._finish(False, f"line search failed (step < {MIN_STEP:g}) at residual "
@@ -255,8 +260,10 @@ class ProxNewton:
         if direction is None:
             direction = self._newton_direction()
         gh, dh, decrement, pen_hat = direction
+        self._rounding_trial = False
         if not decrement < 0 and self._rounding_level_step(decrement, gh, dh):
             decrement = 0.0          # diagonal mode: a step at rounding level (see method)
+            self._rounding_trial = True
         elif not decrement < 0:
             self._finish(self.residual <= self.tol,
                          f"no descent direction (model decrement {decrement:.3g}) at residual "
@@ -274,8 +281,9 @@ class ProxNewton:
         The diagonal metric converges linearly, so near a tight tol (1e-8 and below) its
         decrement (~ h r^2) falls below the rounding of F and may compute as >= 0 while the
         residual is still above tol; Newton jumps past this level in one step. Such a step is
-        still a prox step of the model, so it is taken with the line search's rounding slack,
-        at most ROUNDING_STEPS times in a row without the residual halving."""
+        still a prox step of the model, so its unit step is tried with the line search's
+        rounding slack (no backtracking: if rejected, the fit stops as before), at most
+        ROUNDING_STEPS times since the residual last halved."""
         if self.curvature != "diagonal" or self.residual <= self.tol:
             return False
         if not decrement <= 1e-13 * (1.0 + abs(self.objective)):
