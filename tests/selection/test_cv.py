@@ -229,3 +229,26 @@ def test_on_point_streams_complete_rows(camp20k):
     with pytest.warns(RuntimeWarning, match="on_point hook failed"):
         again = cross_validate(oracle, st, ALPHAS[:1], n_lambda=2, progress=None, on_point=bad)
     assert again.chosen is not None
+
+
+def test_explicit_lambda_list_is_one_grid_for_every_alpha(camp20k):
+    st, oracle, _, _ = camp20k
+    res = cross_validate(oracle, st, [0.0, 0.2], lambdas=[0.002, 0.02, 0.005], progress=None, rule="min")
+    for g in res.grids:
+        assert list(g) == [0.02, 0.005, 0.002]
+    assert len(res.points) == 6 and res.chosen is not None
+    assert np.all(np.isfinite(res.lambda_max))        # still computed (table's lambda_ratio)
+    one = cross_validate(oracle, st, ALPHAS, lambdas=[0.01], progress=None, rule="min")
+    assert len(one.points) == 3 and one.chosen[1] == 0  # alpha chosen at a fixed lambda
+
+
+def test_run_fit_refuses_a_path_from_alpha_one(tmp_path):
+    from segmentation.config import parse_config
+    from segmentation.errors import ConfigError
+    from segmentation.workflow import run_fit
+
+    cfg = parse_config({"data": {"exposures": str(tmp_path / "x"), "covariates": ["x1"]},
+                        "segments": {"s": ["a", "b"]}, "model": {"alpha": [0.2, 1.0]},
+                        "output": {"model_dir": str(tmp_path / "m")}, "mlflow": {"enabled": False}})
+    with pytest.raises(ConfigError, match="model.alpha"):
+        run_fit(cfg, spark=object())
