@@ -28,8 +28,13 @@ so the Hessian work of a pass is about F times that of the full-data path. See t
 
 Separation. If ``fit_many`` raises ``SeparationError`` at index k, the alphas are retried one
 by one at that index; an alpha whose problems still fail stops its path at index k - 1, with
-a warning in the table (``warning`` column) and in ``CVResult.stopped``. Only when no lambda
-succeeded for any alpha is the error raised.
+a warning in the table (``warning`` column) and in ``CVResult.stopped``. The same for the null
+fits: an alpha whose null model diverges (alpha = 0 leaves gamma unpenalised, so a segment
+whose rows a covariate separates diverges at every lambda) is dropped, with a table row
+(``lambda_index = -1``) saying why. Only when no lambda succeeded for any alpha is the error
+raised. (With alpha > 0 every non-intercept direction is penalised, so a path that starts
+does not separate at a smaller lambda in exact arithmetic; the per-index handling is for the
+numerical blow-ups of very small lambdas.)
 
 "Deviance" in the table is the mean held-out log loss per row (mean negative log-likelihood,
 i.e. half the binomial deviance); the rules only compare values, so the factor 2 is moot.
@@ -147,12 +152,19 @@ class CVResult:
 
     # ---- the table -------------------------------------------------------------------------
     def table(self, structure: SegmentStructure | None = None):
-        """pandas DataFrame, one row per (alpha, lambda) reached (see module docstring)."""
+        """pandas DataFrame, one row per (alpha, lambda) reached (see module docstring), plus
+        one row with ``lambda_index = -1`` and the reason for an alpha that reached no lambda."""
         import pandas as pd
 
         rows = [point_row(pt, self.n_folds, self.lambda_max[ai], structure, chosen=(ai, k) == self.chosen,
                           stopped=self.stopped.get(ai) if k == max(j for a, j in self.points if a == ai) else None)
                 for (ai, k), pt in sorted(self.points.items())]
+        # an alpha with no point at all (its null model or first lambda failed): one row saying so
+        for ai, msg in sorted(self.stopped.items()):
+            if not any(a == ai for a, _ in self.points):
+                rows.append({"alpha_index": ai, "lambda_index": -1, "alpha": self.alphas[ai],
+                             "lambda": math.nan, "chosen": False, "warning": msg})
+        rows.sort(key=lambda r: (r["alpha_index"], r["lambda_index"]))
         return pd.DataFrame(rows)
 
     def write_table(self, path: str, structure: SegmentStructure | None = None) -> str:
@@ -348,24 +360,39 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
          name, passes0, on_point=None) -> CVResult:
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
-    null, lmax = null_fits(oracle, structure, alphas,
-                           tol=min(tol, 1e-8), max_iter=max_iter,
-                           label=f"{name}: null models, alphas {alpha_txt}") \
-        if all(a < 1 for a in alphas) else _null_any(oracle, structure, alphas, tol, max_iter, name)
+    stopped: dict[int, str] = {}
+    try:
+        null, lmax = _null_any(oracle, structure, alphas, tol, max_iter,
+                               f"{name}: null models, alphas {alpha_txt}")
+    except SeparationError as err:
+        # retry alpha by alpha: an alpha whose null model diverges (e.g. alpha = 0 leaves gamma
+        # unpenalised) is dropped with a warning; the others go on
+        say(f"[{name}] separation in the joint null fit ({err}); retrying alpha by alpha")
+        null, lmax = [None] * A, np.full(A, np.nan)
+        for a, alpha in enumerate(alphas):
+            try:
+                (null[a],), (lmax[a],) = _null_any(oracle, structure, [alpha], tol, max_iter,
+                                                   f"{name}: null model, alpha {alpha:g}")
+            except SeparationError as err_a:
+                stopped[a] = f"alpha={alpha:g}: no lambda could be fitted (null model: {err_a})"
+                warnings.warn(stopped[a], RuntimeWarning, stacklevel=3)
+        if len(stopped) == A:
+            raise SeparationError("no lambda of any alpha could be fitted: " + "; ".join(stopped.values()))
     null_passes = oracle.passes - passes0
     if lambdas is None:
-        bad = [a for a, m in zip(alphas, lmax) if not (np.isfinite(m) and m > 0)]
+        bad = [a for i, (a, m) in enumerate(zip(alphas, lmax))
+               if i not in stopped and not (np.isfinite(m) and m > 0)]
         if bad:
             raise ValueError(f"lambda_max is not positive and finite for alpha {bad}: give model.lambda")
-        grids = [lambda_grid(m, n_lambda, min_ratio) for m in lmax]
+        grids = [lambda_grid(m, n_lambda, min_ratio) if i not in stopped else np.zeros(0)
+                 for i, m in enumerate(lmax)]
     else:
         g = np.array(sorted({float(x) for x in lambdas}, reverse=True))
-        grids = [g.copy() for _ in alphas]
+        grids = [g.copy() if i not in stopped else np.zeros(0) for i in range(A)]
     n_steps = max(len(g) for g in grids)
     masks = [~np.eye(F, dtype=bool)[f] for f in range(F)]
 
     points: dict[tuple[int, int], PathPoint] = {}
-    stopped: dict[int, str] = {}
     prev_full = {a: null[a] for a in range(A)}
     prev_fold = {(a, f): null[a] for a in range(A) for f in range(F)}
     pending: dict = {}          # (a, k, f) -> (include, beta) awaiting held-out metrics
@@ -526,12 +553,15 @@ def _fill_heldout(p: PathPoint, found: dict, F: int) -> None:
             p.heldout_deviance[f], p.heldout_auc[f] = v
 
 
-def _null_any(oracle, structure, alphas, tol, max_iter, name):
-    """Null fits when some alpha is >= 1 (lambda_max undefined there: nan)."""
+def _null_any(oracle, structure, alphas, tol, max_iter, label):
+    """Null fits of every alpha on all rows in shared passes, and lambda_max (nan for alpha >= 1,
+    where it is undefined)."""
+    if all(a < 1 for a in alphas):
+        return null_fits(oracle, structure, alphas, tol=min(tol, 1e-8), max_iter=max_iter, label=label)
     from segmentation.solver.null_model import lambda_max
 
-    probs = [Problem(np.inf, a, label=f"{name}: null model alpha={a:g}") for a in alphas]
-    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=name)
+    probs = [Problem(np.inf, a, label=f"{label} alpha={a:g}") for a in alphas]
+    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=label)
     lmax = np.array([lambda_max(structure, a, f.grad) if a < 1 else np.nan
                      for a, f in zip(alphas, fits)])
     return fits, lmax

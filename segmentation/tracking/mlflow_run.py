@@ -150,6 +150,9 @@ class FitTracker:
             self.timings["children_background"] = logger.busy
         table = cv.table(structure)
         for _, r in table.iterrows():
+            if int(r["lambda_index"]) < 0:            # an alpha that reached no lambda
+                self.client.set_tag(self.run_id, f"stopped.alpha={r['alpha']:g}", _clip(r["warning"], 5000))
+                continue
             key = (int(r["alpha_index"]), int(r["lambda_index"]))
             if key in done:
                 if bool(r["chosen"]):
@@ -158,7 +161,7 @@ class FitTracker:
             done[key] = self._log_child(r.to_dict(), F, chosen=bool(r["chosen"]))
         secs = time.time() - t0
         self.timings["children"] = secs
-        self.timings["n_children"] = len(table)
+        self.timings["n_children"] = len(done)
         self.child_runs = done
         return secs
 

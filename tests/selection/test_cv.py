@@ -252,3 +252,26 @@ def test_run_fit_refuses_a_path_from_alpha_one(tmp_path):
                         "output": {"model_dir": str(tmp_path / "m")}, "mlflow": {"enabled": False}})
     with pytest.raises(ConfigError, match="model.alpha"):
         run_fit(cfg, spark=object())
+
+
+def test_real_separation_drops_alpha_zero_only():
+    """Segment B's rows are separated by x3: with alpha = 0 (gamma unpenalised) its null model
+    diverges, so alpha = 0 is dropped with a table row saying why; alpha = 0.2 runs its path."""
+    from segmentation.oracle.local import LocalOracle
+    from segmentation.solver.structure import SegmentStructure
+
+    rng = np.random.default_rng(0)
+    st = SegmentStructure.from_mapping({"A": ["a1", "a2", "a3"], "B": ["b1", "b2"]})
+    n = 6000
+    X = rng.normal(size=(n, 3))
+    cr = rng.integers(0, 5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(1 - 0.8 * X[:, 0] + 0.5 * X[:, 1]))).astype(float)
+    y[cr >= 3] = (X[cr >= 3, 2] > 0).astype(float)
+    oracle = LocalOracle.from_arrays(X, y, cr, rng.integers(0, 3, n), n_creatives=5, n_folds=3)
+    with pytest.warns(RuntimeWarning, match="alpha=0: no lambda could be fitted"):
+        res = cross_validate(oracle, st, [0.0, 0.2], n_lambda=4, progress=None)
+    assert set(res.stopped) == {0} and "separable" in res.stopped[0]
+    assert {a for a, _ in res.points} == {1} and res.chosen[0] == 1
+    t = res.table(st)
+    assert len(t) == 5 and t.iloc[0]["lambda_index"] == -1 and "null model" in t.iloc[0]["warning"]
+    assert res.selection_info()["grid"]["0"] == [] and "0" in res.selection_info()["stopped_paths"]
