@@ -64,6 +64,10 @@ def markdown(result: dict) -> str:
         lines += ["", "Share of `personalized`'s lift over `random` that `segment` recoups: "
                   f"DR {_pct(rs.get('dr'), 1)}, IPW {_pct(rs.get('ipw'), 1)}, "
                   f"SNIPW {_pct(rs.get('snipw'), 1)}."]
+    sm = s.get("segment_minus") or {}
+    if sm:
+        lines += ["", "`segment` minus each alternative (paired over users, DR): " + ", ".join(
+            f"{LABELS.get(P, P)} {_pct(v.get('dr'))}" for P, v in sm.items()) + "."]
     if "uplift" in s:
         u = s["uplift"]
         lines += ["", "## Uplift over the control arm", "",
@@ -150,8 +154,11 @@ def write_outputs(result: dict, out_dir: str) -> dict[str, str]:
         with open(temps[MD_NAME], "w") as fh:
             fh.write(markdown(result))
         bar_chart(result, temps[PNG_NAME])
+        umask = os.umask(0)
+        os.umask(umask)
         paths = {}
         for name, tmp in temps.items():
+            os.chmod(tmp, 0o666 & ~umask)          # mkstemp creates 0600; give normal file modes
             final = os.path.join(out_dir, name)
             os.replace(tmp, final)
             paths[name] = final
@@ -188,6 +195,8 @@ def flat_metrics(result: dict) -> dict[str, float]:
             put(f"eval.{P}.lift_{est}", e)
     for est, e in (s.get("recoup_share") or {}).items():
         put(f"eval.recoup_share_{est}", e)
+    for P, ests in (s.get("segment_minus") or {}).items():
+        put(f"eval.segment_minus_{P}_dr", ests.get("dr"))
     if "targeting" in s:
         t = s["targeting"]
         for k, e in t["profit"].items():

@@ -40,6 +40,15 @@ def recoup_share(m: Moments, policies: Sequence[str], policy: str = "segment",
                               value_ratio(BASELINE, e)) for e in ESTIMATORS}
 
 
+def segment_versus(m: Moments, policies: Sequence[str], policy: str = "segment") -> dict:
+    """{other policy: {est: Estimate}} of V_policy - V_other, paired over users: does the
+    segmentation beat each alternative, and by how much."""
+    if policy not in policies:
+        return {}
+    return {P: {e: difference_estimate(m, value_ratio(policy, e), value_ratio(P, e)) for e in ESTIMATORS}
+            for P in policies if P in POLICIES and P != policy}
+
+
 def uplift_table(m: Moments, segments: dict[int, str]) -> dict:
     """Per assignable segment (its out-of-fold members): share of users, predicted mean uplift
     over control, DR-estimated uplift (showing the segment's creatives vs control), share with
@@ -85,7 +94,8 @@ def summarize(m: Moments, policies: Sequence[str], *, segments: dict[int, str] |
               cost_per_contact: float = 0.0) -> dict:
     """Everything in one nested dict of ``Estimate`` objects (``to_plain`` makes it JSON)."""
     out = {"n_users": int(m.n_users), "n_rows": float(m.S[m.index("n")]),
-           "policies": policy_table(m, policies), "recoup_share": recoup_share(m, policies)}
+           "policies": policy_table(m, policies), "recoup_share": recoup_share(m, policies),
+           "segment_minus": segment_versus(m, policies)}
     if control:
         out["uplift"] = uplift_table(m, segments or {})
         out["targeting"] = targeting_table(m, value_per_response, cost_per_contact)

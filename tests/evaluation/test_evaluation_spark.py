@@ -59,6 +59,11 @@ def test_segment_beats_baselines_and_recoups_most_of_personalized(planted, plant
     lift = {P: s["policies"][P]["lift"]["dr"] for P in ("segment", "kmeans", "best_single", "personalized")}
     assert lift["segment"].estimate > lift["kmeans"].ci_high
     assert lift["segment"].estimate > lift["best_single"].ci_high
+    # paired differences: significantly better than both baselines
+    for P in ("kmeans", "best_single"):
+        d = s["segment_minus"][P]["dr"]
+        assert d.ci_low > 0, P
+        assert abs(d.estimate - (truth["segment"] - truth[P])) <= 1.5 * (d.ci_high - d.estimate)
     share = s["recoup_share"]["dr"]
     true_share = (truth["segment"] - truth["random"]) / (truth["personalized"] - truth["random"])
     assert share.estimate > 0.7 and true_share > 0.7
