@@ -23,12 +23,12 @@ LABELS = {
 }
 
 
-def _pct(e: dict | None, digits: int = 2) -> str:
+def _pct(e: dict | None, digits: int = 2, unit: str = "%") -> str:
     if not e or e.get("estimate") is None:
         return "-"
     lo, hi = e.get("ci_low"), e.get("ci_high")
     ci = f" [{lo * 100:.{digits}f}, {hi * 100:.{digits}f}]" if lo is not None and hi is not None else ""
-    return f"{e['estimate'] * 100:.{digits}f}%{ci}"
+    return f"{e['estimate'] * 100:.{digits}f}{unit}{ci}"
 
 
 def _num(e: dict | None, digits: int = 4) -> str:
@@ -52,12 +52,12 @@ def markdown(result: dict) -> str:
         "exposure; 95% intervals are clustered by user; lifts are paired differences over "
         "`random`.",
         "",
-        "| policy | DR value | DR lift over random | IPW value | SNIPW value |",
+        "| policy | DR value | DR lift over random (percentage points) | IPW value | SNIPW value |",
         "|---|---|---|---|---|",
     ]
     for P, row in s["policies"].items():
         lines.append(f"| {LABELS.get(P, P)} | {_pct(row['value'].get('dr'))} | "
-                     f"{_pct(row['lift'].get('dr')) if row['lift'] else '0 (baseline)'} | "
+                     f"{_pct(row['lift'].get('dr'), unit=' pp') if row['lift'] else '0 (baseline)'} | "
                      f"{_pct(row['value'].get('ipw'))} | {_pct(row['value'].get('snipw'))} |")
     rs = s.get("recoup_share") or {}
     if rs:
@@ -67,25 +67,26 @@ def markdown(result: dict) -> str:
     sm = s.get("segment_minus") or {}
     if sm:
         lines += ["", "`segment` minus each alternative (paired over users, DR): " + ", ".join(
-            f"{LABELS.get(P, P)} {_pct(v.get('dr'))}" for P, v in sm.items()) + "."]
+            f"{LABELS.get(P, P)} {_pct(v.get('dr'), unit=' pp')}" for P, v in sm.items()) + "."]
     if "uplift" in s:
         u = s["uplift"]
         lines += ["", "## Uplift over the control arm", "",
                   "Members = users the (out-of-fold) model assigns to the segment. Predicted uplift = "
-                  "mean over the segment's creatives of predicted P(response) minus the control's; "
-                  "DR uplift = doubly robust estimate of showing the segment's creatives vs control "
+                  "mean over the segment's creatives of predicted P(response) minus the control's "
+                  "(its CI, like the sleeping-dog share's, is over users with the cross-fitted "
+                  "models held fixed); DR uplift = doubly robust estimate of showing the segment's creatives vs control "
                   "to its members; sleeping dogs = members with negative predicted uplift.", "",
                   "| segment | share of exposures | predicted uplift | DR uplift | sleeping dogs |",
                   "|---|---|---|---|---|"]
         for name, r in u["segments"].items():
-            lines.append(f"| {name} | {_pct(r['share_of_rows'], 1)} | {_pct(r['predicted_uplift'])} | "
-                         f"{_pct(r['dr_uplift'])} | {_pct(r['share_negative'], 1)} |")
+            lines.append(f"| {name} | {_pct(r['share_of_rows'], 1)} | {_pct(r['predicted_uplift'], unit=' pp')} | "
+                         f"{_pct(r['dr_uplift'], unit=' pp')} | {_pct(r['share_negative'], 1)} |")
         o = u["overall"]
-        lines.append(f"| all users | 100% | {_pct(o['predicted_uplift'])} | {_pct(o['dr_uplift'])} | "
+        lines.append(f"| all users | 100% | {_pct(o['predicted_uplift'], unit=' pp')} | {_pct(o['dr_uplift'], unit=' pp')} | "
                      f"{_pct(o['share_negative'], 1)} |")
         lines += ["", "Predicted sleeping dogs are a plug-in (model-based) classification; their "
                   f"DR-estimated uplift (are they really hurt by treatment?): "
-                  f"{_pct(o.get('dr_uplift_of_predicted_negative'))}."]
+                  f"{_pct(o.get('dr_uplift_of_predicted_negative'), unit=' pp')}."]
         t = s["targeting"]
         lines += ["", "## Breakeven targeting", "",
                   f"Treat a user (with their segment's creatives) only when value x predicted uplift > "
@@ -131,9 +132,9 @@ def bar_chart(result: dict, path: str) -> None:
     ax.set_ylabel("response rate, % (DR, 95% CI)")
     ax.set_title("Policy value, cross-fitted off-policy estimate")
     if vals:
-        span = max(v + h for v, h in zip(vals, hi)) - min(v - l for v, l in zip(vals, lo))
-        ax.set_ylim(max(0.0, min(v - l for v, l in zip(vals, lo)) - 0.3 * span),
-                    max(v + h for v, h in zip(vals, hi)) + 0.1 * span)
+        ax.set_ylim(0.0, 1.1 * max(v + h for v, h in zip(vals, hi)))   # bars start at zero
+        for i, v in enumerate(vals):
+            ax.text(i, v / 2, f"{v:.1f}", ha="center", va="center", color="white", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

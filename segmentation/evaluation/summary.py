@@ -46,7 +46,7 @@ def segment_versus(m: Moments, policies: Sequence[str], policy: str = "segment")
     if policy not in policies:
         return {}
     return {P: {e: difference_estimate(m, value_ratio(policy, e), value_ratio(P, e)) for e in ESTIMATORS}
-            for P in policies if P in POLICIES and P != policy}
+            for P in policies if P in POLICIES and P not in (policy, BASELINE)}
 
 
 def uplift_table(m: Moments, segments: dict[int, str]) -> dict:
