@@ -114,3 +114,26 @@ def test_breakeven_targeting_profit_covers_truth_and_wins(planted, planted_truth
     assert true_target > true_all
     e = t["target_minus_everyone"]
     assert abs(e.estimate - (true_target - true_all)) <= 1.5 * (e.ci_high - e.estimate)
+
+
+def test_propensity_column_path_matches_numpy(spark, planted, planted_truth):
+    """With data.propensity_col the logged propensity of each row is used (Spark = numpy)."""
+    from segmentation.evaluation import spark as sp
+
+    fr = planted_truth["frame"].copy()
+    rng = np.random.default_rng(0)
+    fr[sp.PROPENSITY] = rng.uniform(0.05, 0.15, len(fr))
+    frame = spark.createDataFrame(fr).repartition(2)
+    res = planted["result"]
+    enc = planted["prepared"].encoding
+    got = sp.term_moments(frame, user_col="user_id", encoding=enc, shares=None,
+                          fold_models=res.fold_models)
+    T, names = row_terms(planted_truth["z"], fr[sp.RESPONSE].to_numpy(), fr[sp.CREATIVE_IDX].to_numpy(),
+                         fr[sp.PROPENSITY].to_numpy(), planted_truth["fold"], res.fold_models)
+    want = Moments.from_rows(T, fr["user_id"].to_numpy(), names)
+    np.testing.assert_allclose(got.S, want.S, rtol=1e-9)
+    ps = sp.propensity_stats(frame.withColumnRenamed(sp.PROPENSITY, "p_log")
+                                  .withColumn("creative", frame[sp.CREATIVE_IDX].cast("string")),
+                             "p_log", "creative", [str(k) for k in range(11)])
+    inv = 1.0 / fr[sp.PROPENSITY].to_numpy()
+    np.testing.assert_allclose(ps["inv_p_sum"].sum(), inv.sum())

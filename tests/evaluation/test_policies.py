@@ -100,3 +100,28 @@ def test_cluster_segment_map_and_best_creative():
     den2[0, 1] = 0
     assert cluster_segment_map(num, den2, seg, np.array([0, 1]))[0, 1] == 0
     assert best_creative(np.array([[5, 9, 7, 8.0]]), np.full((1, 4), 10.0), [0, 2, 3]).tolist() == [3]
+
+
+def test_logged_propensities_correct_a_covariate_dependent_design():
+    """Creatives assigned with x-dependent probabilities: IPW with the logged propensities is
+    unbiased, IPW with the marginal shares is not."""
+    fm = _models(F=1)
+    rng = np.random.default_rng(5)
+    n = 200_000
+    z = np.column_stack([np.ones(n), rng.normal(size=n)])
+    logits = np.column_stack([z[:, 1] * k * 0.4 for k in range(5)])
+    P = np.exp(logits - logits.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    a = (P.cumsum(1) > rng.random(n)[:, None]).argmax(1)
+    mu = expit(z @ fm.beta[0].T)
+    y = (rng.random(n) < mu[np.arange(n), a]).astype(float)
+    fold = np.zeros(n, int)
+    truth = true_values(z, fm.beta[0], decisions(z, fold, fm)["probs"])
+    logged = Moments.from_user_totals(row_terms(z, y, a, P[np.arange(n), a], fold, fm)[0],
+                                      row_terms(z[:1], y[:1], a[:1], P[:1, 0], fold[:1], fm)[1])
+    shares = np.bincount(a, minlength=5) / n
+    marginal = Moments.from_user_totals(row_terms(z, y, a, shares[a], fold, fm)[0], logged.names)
+    e_log = ratio_estimate(logged, value_ratio("segment", "ipw"))
+    e_mar = ratio_estimate(marginal, value_ratio("segment", "ipw"))
+    assert e_log.covers(truth["segment"])
+    assert not e_mar.covers(truth["segment"])
