@@ -11,7 +11,7 @@ import yaml
 
 from segmentation.cli import main
 
-from conftest import make_config
+from evaluation_testdata import make_config
 
 
 def _config_file(tmp_path, raw):
