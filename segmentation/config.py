@@ -60,6 +60,9 @@ class ModelConfig(_Section):
     max_iter: int = Field(50, ge=1)
     n_lambda: int = Field(20, ge=1)
     lambda_min_ratio: float = Field(0.01, gt=0, lt=1)
+    curvature: Literal["auto", "full", "diagonal"] = Field(
+        "auto", description="full per-creative Hessians (proximal Newton), their diagonals "
+                            "(proximal quasi-Newton, for thousands of covariates), or auto (full up to p = 500)")
 
     @field_validator("lambda_")
     @classmethod

@@ -22,12 +22,13 @@ import numpy as np
 
 from segmentation.config import SegmentConfig
 from segmentation.data.blockstore import BlockManifest, add_creative_index, default_block_dir, remove_blocks, write_blocks
-from segmentation.data.encode import Encoding, fit_encoding
+from segmentation.data.encode import Encoding
 from segmentation.data.folds import assign_folds
 from segmentation.data.read import read_exposures
-from segmentation.data.validate import ValidationReport, validate_exposures
+from segmentation.data.validate import ValidationReport, validate_and_encode
 from segmentation.model import SegmentationModel
 from segmentation.oracle.spark import SparkOracle
+from segmentation.solver.curvature import resolve_curvature
 from segmentation.solver.prox_newton import FitResult, fit
 from segmentation.solver.structure import SegmentStructure
 
@@ -69,14 +70,16 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
     d = cfg.data
     mapping = cfg.segment_mapping()
     df = read_exposures(spark, d.exposures, d.format)
-    report = validate_exposures(
+    # validation and the encoding's moments in one scan (same checks and errors as
+    # validate_exposures followed by fit_encoding)
+    report, encoding = validate_and_encode(
         df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
         covariates=d.covariates, categorical=d.categorical, segments=mapping, control=cfg.control,
+        standardize=cfg.model.standardize,
     )
     for w in report.warnings:
         log.warning(w)
     structure = build_structure(mapping, cfg.control)
-    encoding = fit_encoding(df, d.covariates, d.categorical, standardize=cfg.model.standardize)
     indexed = add_creative_index(df, d.creative_col, list(structure.creatives), index_col=CREATIVE_INDEX_COL)
     folded = assign_folds(indexed, d.user_col, n_folds, cfg.cv.seed, fold_col=FOLD_COL)
     design = encoding.feature_columns(folded, FEATURES_COL)
@@ -105,7 +108,9 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
         "passes": int(result.n_passes),
         "converged": bool(result.converged),
         "message": result.message,
-        "solver": "proximal Newton (per-creative Hessians; exact segment-joint inner solves)",
+        "solver": "proximal Newton (per-creative Hessians; exact segment-joint inner solves)"
+                  if resolve_curvature(cfg.model.curvature, prepared.oracle.n_features) == "full" else
+                  "proximal quasi-Newton (diagonal curvature, spectral scaling; exact prox solves)",
     }
     data_info = {
         "source": cfg.data.exposures,
@@ -141,7 +146,8 @@ def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
     lam = cfg.model.lambdas[0]
     alpha = cfg.model.alphas[0]
     result = fit(prepared.oracle, prepared.structure, lam, alpha, tol=cfg.model.tol,
-                 max_iter=cfg.model.max_iter, label=f"fit lambda={lam:g} alpha={alpha:g}")
+                 max_iter=cfg.model.max_iter, label=f"fit lambda={lam:g} alpha={alpha:g}",
+                 curvature=cfg.model.curvature)
     return to_model(prepared, result, cfg, lam, alpha)
 
 
@@ -159,7 +165,7 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
     cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
                         tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
-                        on_point=on_point)
+                        on_point=on_point, curvature=m.curvature)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

@@ -315,7 +315,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    n_lambda: int = 20, lambda_min_ratio: float = 0.01, folds: bool = True,
                    rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
                    progress: Callable[[str], None] | None = print, spark=None,
-                   name: str = "cv", on_point: Callable[[dict], None] | None = None) -> CVResult:
+                   name: str = "cv", on_point: Callable[[dict], None] | None = None,
+                   curvature: str = "auto") -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -328,7 +329,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     while Spark computes the next lambda (MLflow child runs are logged from there, in the
     shadow of the passes); an exception in it is reported once and the hook dropped.
     ``spark`` defaults to ``oracle.spark`` when it has one; jobs
-    are then counted with a job group (``jobs.count_jobs``).
+    are then counted with a job group (``jobs.count_jobs``). ``curvature`` is the solver's
+    curvature mode (``solver.curvature``: full Hessians, diagonal for large p, or auto).
     """
     t0 = time.time()
     alphas = [float(a) for a in alphas]
@@ -345,7 +347,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0, on_point)
+                   max_iter, say, name, passes0, on_point, curvature)
     res.jobs = jc.jobs if spark is not None else None
     res.job_group = jc.group if spark is not None else None
     res.passes = oracle.passes - passes0
@@ -357,7 +359,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
 
 
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-         name, passes0, on_point=None) -> CVResult:
+         name, passes0, on_point=None, curvature: str = "auto") -> CVResult:
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
     stopped: dict[int, str] = {}
@@ -475,7 +477,7 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = fit_many(_StepOracle(oracle, describe_for(active), pending, found), structure,
-                               probs, tol=tol, max_iter=max_iter, label=name)
+                               probs, tol=tol, max_iter=max_iter, label=name, curvature=curvature)
             warn_msgs += [str(w.message) for w in caught]
             results.update(zip(keys, out))
         except SeparationError as err:
@@ -487,7 +489,8 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         out = fit_many(_StepOracle(oracle, describe_for([a]), pending, found),
-                                       structure, probs, tol=tol, max_iter=max_iter, label=name)
+                                       structure, probs, tol=tol, max_iter=max_iter, label=name,
+                                       curvature=curvature)
                     warn_msgs += [str(w.message) for w in caught]
                     results.update(zip(keys, out))
                 except SeparationError as err_a:
