@@ -3,7 +3,7 @@ import numpy as np
 
 from segmentation.config import parse_config
 from segmentation.pipeline import fit_single, prepare
-from tests.e2e.test_bad_input import _config, _frame
+from .test_bad_input import _config, _frame
 
 
 def test_diagonal_curvature_matches_full(spark, tmp_path):
