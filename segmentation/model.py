@@ -165,6 +165,12 @@ def _floats(a) -> list[float]:
     return [float(x) for x in np.asarray(a).ravel()]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str, payload: Any) -> None:
     """Write JSON to a temp file in the same directory, then rename over ``path``."""
     d = os.path.dirname(os.path.abspath(path))
@@ -172,6 +178,7 @@ def write_json_atomic(path: str, payload: Any) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2, allow_nan=False)
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

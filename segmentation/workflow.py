@@ -76,6 +76,8 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
             if cv is not None:
                 cv.write_table(os.path.join(stage, CV_TABLE_NAME), prepared.structure)
             publish_dir(stage, out_dir, cfg.output.overwrite)
+            if cfg.evaluate:
+                evaluate_fitted(spark, cfg, model, prepared, tracker)
         finally:
             prepared.release()
         seconds = time.time() - t0
@@ -97,6 +99,17 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
         raise
     print(format_summary(model, seconds))
     return model
+
+
+def evaluate_fitted(spark, cfg: SegmentConfig, model: SegmentationModel, prepared, tracker) -> None:
+    """``evaluate: true``: off-policy evaluation right after the fit, on the fit's cached blocks
+    when they carry cross-validation folds, logged to the fit's MLflow run."""
+    from segmentation.evaluation import report
+    from segmentation.evaluation.run import run_evaluation
+
+    res = run_evaluation(spark, cfg, model, prepared if prepared.n_folds >= 2 else None,
+                         mlflow_run_id=None if tracker is None else tracker.run_id)
+    print(report.markdown(res.to_dict()))
 
 
 def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,

@@ -104,7 +104,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
     warns: list[str] = []
     if log_mlflow is None:
         log_mlflow = bool(getattr(cfg.mlflow, "enabled", True))
-    run_id = mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
+    run_id = (mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
+              or (model.fit or {}).get("mlflow_run_id"))
     if write and log_mlflow and run_id:
         report.check_run(cfg, run_id)
     own = prepared is None
