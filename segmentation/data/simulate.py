@@ -505,9 +505,8 @@ def read_segments_csv(path: str) -> dict[str, list[str]]:
     return out
 
 
-def true_segments(truth: dict, frame) -> np.ndarray:
-    """Index of argmax_j gamma_j . x for each row of ``frame`` (pandas with x1..xd and region),
-    computed from the truth dict alone (segment order = ``truth['gamma']`` order)."""
+def design_from_truth(truth: dict, frame) -> np.ndarray:
+    """(n, p) design on the ORIGINAL scale in truth's feature order (intercept, x.., region=..)."""
     names = truth["feature_names"]
     X = np.empty((len(frame), len(names)))
     for i, name in enumerate(names):
@@ -518,5 +517,11 @@ def true_segments(truth: dict, frame) -> np.ndarray:
             X[:, i] = (np.asarray(frame[col], dtype=object) == level)
         else:
             X[:, i] = np.asarray(frame[name], dtype=np.float64)
+    return X
+
+
+def true_segments(truth: dict, frame) -> np.ndarray:
+    """Index of argmax_j gamma_j . x for each row of ``frame`` (pandas with x1..xd and region),
+    computed from the truth dict alone (segment order = ``truth['gamma']`` order)."""
     G = np.asarray(list(truth["gamma"].values()))
-    return np.argmax(X @ G.T, axis=1)
+    return np.argmax(design_from_truth(truth, frame) @ G.T, axis=1)

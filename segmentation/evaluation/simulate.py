@@ -16,6 +16,8 @@ import math
 import numpy as np
 from scipy.special import expit
 
+from segmentation.data.simulate import design_from_truth
+
 
 def add_control_arm(campaign, *, control: str = "ctrl", control_rate: float = 0.10,
                     control_slope: float = 0.6, seed: int = 0):
@@ -47,19 +49,6 @@ def add_control_arm(campaign, *, control: str = "ctrl", control_rate: float = 0.
     return out
 
 
-def design_from_truth(truth: dict, frame) -> np.ndarray:
-    """(n, p) design on the ORIGINAL scale in truth's feature order (intercept, x.., region=..)."""
-    names = truth["feature_names"]
-    X = np.empty((len(frame), len(names)))
-    for i, name in enumerate(names):
-        if name == "intercept":
-            X[:, i] = 1.0
-        elif "=" in name:
-            col, level = name.split("=", 1)
-            X[:, i] = (np.asarray(frame[col], dtype=object) == level)
-        else:
-            X[:, i] = np.asarray(frame[name], dtype=np.float64)
-    return X
 
 
 def true_beta_fit(truth: dict, encoding, creatives) -> np.ndarray:
