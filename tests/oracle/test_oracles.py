@@ -85,3 +85,20 @@ def test_binned_auc_matches_exact_auc():
     test = fold == 0
     eta = np.einsum("ij,ij->i", X, beta[creative])
     assert r.heldout_auc[0] == pytest.approx(roc_auc_score(y[test], eta[test]), abs=2e-4)
+
+
+def test_solver_iterates_agree_on_local_and_spark_oracles(spark, tmp_path):
+    """The same solver driven by either oracle takes the same path (up to summation order)."""
+    from segmentation.solver.prox_newton import fit
+    from segmentation.solver.structure import SegmentStructure
+
+    X, y, creative, fold = _data(n=4000, seed=6)
+    structure = SegmentStructure.from_mapping({"a": ["c0", "c1", "c2"], "b": ["c3", "c4"]})
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    remote = _spark_oracle(spark, tmp_path, X, y, creative, fold, n_blocks=4)
+    a = fit(local, structure, 0.01, 0.2, tol=1e-9)
+    b = fit(remote, structure, 0.01, 0.2, tol=1e-9)
+    assert a.n_passes == b.n_passes and a.n_iter == b.n_iter
+    np.testing.assert_array_equal(a.fused, b.fused)
+    np.testing.assert_allclose(b.beta, a.beta, rtol=1e-9, atol=1e-11)
+    assert b.objective == pytest.approx(a.objective, rel=1e-12)
