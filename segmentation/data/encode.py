@@ -322,19 +322,8 @@ def fit_encoding(df, covariates, categorical=(), standardize: bool = True, *,
 
     n_rows = None
     level_counts: dict[str, dict[str, int]] = {c: {} for c in categorical}
-    null_counts: dict[str, int] = {c: 0 for c in categorical}
     if categorical:
-        stacked = df.select(F.explode(F.array(*[
-            F.struct(F.lit(k).alias("k"), col_ref(c).cast("string").alias("v"))
-            for k, c in enumerate(categorical)
-        ])).alias("s")).select("s.k", "s.v")
-        for row in stacked.groupBy("k", "v").count().collect():
-            c = categorical[row["k"]]
-            if row["v"] is None:
-                null_counts[c] += int(row["count"])
-            else:
-                level_counts[c][row["v"]] = int(row["count"])
-        n_rows = sum(level_counts[categorical[0]].values()) + null_counts[categorical[0]]
+        level_counts, n_rows = categorical_level_counts(df, categorical)
 
     moments: dict[str, tuple[float, float]] = {}
     if covariates or n_rows is None:
@@ -346,16 +335,55 @@ def fit_encoding(df, covariates, categorical=(), standardize: bool = True, *,
         n_rows = int(row["n"])
         if not n_rows:
             raise DataValidationError("cannot fit an encoding on an empty table (0 rows)")
-        for k, c in enumerate(covariates):
-            m, s = row[f"m{k}"], row[f"s{k}"]
-            if m is None or s is None or not (math.isfinite(m) and math.isfinite(s)):
-                raise DataValidationError(
-                    f"covariate '{c}' has no finite mean/sd (mean={m}, sd={s}): it holds NaN or "
-                    "infinite values, or only nulls"
-                )
-            moments[c] = (float(m), float(s))
+        moments = {c: (row[f"m{k}"], row[f"s{k}"]) for k, c in enumerate(covariates)}
+    return encoding_from_statistics(covariates, categorical, moments, level_counts, n_rows,
+                                    standardize=standardize, max_levels=max_levels)
+
+
+def categorical_level_counts(df, categorical) -> tuple[dict[str, dict[str, int]], int]:
+    """({column: {level: count}}, number of rows) in one ``groupBy`` over all categorical columns.
+
+    Levels are the values cast to string; nulls are not levels (they are counted in the rows).
+    """
+    from pyspark.sql import functions as F
+
+    categorical = [str(c) for c in categorical]
+    level_counts: dict[str, dict[str, int]] = {c: {} for c in categorical}
+    null_counts: dict[str, int] = {c: 0 for c in categorical}
+    stacked = df.select(F.explode(F.array(*[
+        F.struct(F.lit(k).alias("k"), col_ref(c).cast("string").alias("v"))
+        for k, c in enumerate(categorical)
+    ])).alias("s")).select("s.k", "s.v")
+    for row in stacked.groupBy("k", "v").count().collect():
+        c = categorical[row["k"]]
+        if row["v"] is None:
+            null_counts[c] += int(row["count"])
+        else:
+            level_counts[c][row["v"]] = int(row["count"])
+    n_rows = sum(level_counts[categorical[0]].values()) + null_counts[categorical[0]]
+    return level_counts, n_rows
+
+
+def encoding_from_statistics(covariates, categorical, moments, level_counts, n_rows: int, *,
+                             standardize: bool = True, max_levels: int = 200) -> Encoding:
+    """The :class:`Encoding` for already computed statistics (no Spark job).
+
+    ``moments[c] = (mean, population sd)`` of each numeric covariate (``None`` allowed: it
+    raises like a non-finite value); ``level_counts`` as returned by
+    :func:`categorical_level_counts`. Raises ``DataValidationError`` like :func:`fit_encoding`.
+    """
+    covariates = [str(c) for c in covariates]
+    categorical = [str(c) for c in categorical]
     if not n_rows:
         raise DataValidationError("cannot fit an encoding on an empty table (0 rows)")
+    for c in covariates:
+        m, s = moments[c]
+        if m is None or s is None or not (math.isfinite(m) and math.isfinite(s)):
+            raise DataValidationError(
+                f"covariate '{c}' has no finite mean/sd (mean={m}, sd={s}): it holds NaN or "
+                "infinite values, or only nulls"
+            )
+    moments = {c: (float(moments[c][0]), float(moments[c][1])) for c in covariates}
 
     names = [INTERCEPT] + list(covariates)
     mean = [0.0] + [moments[c][0] for c in covariates]
