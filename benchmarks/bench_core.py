@@ -51,6 +51,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 
+# the functions prepare() calls, timed one by one (validation and the encoding moments share
+# one scan since validate_and_encode)
+PREPARE_STEPS = ("read_exposures", "validate_and_encode", "write_blocks")
+
 TARGETS = {
     "pass_ratio": 3.0,      # Spark pass with curvature <= 3 x numpy in memory (1 thread)
     "cold_passes": 40,
@@ -265,7 +269,7 @@ def spark_child(spec: dict) -> dict:
         return wrapped
 
     originals = {n: getattr(pipeline_mod, n) for n in
-                 ("read_exposures", "validate_exposures", "fit_encoding", "write_blocks")}
+                 PREPARE_STEPS}
     for n, fn in originals.items():
         setattr(pipeline_mod, n, clock(n, fn))
     try:
@@ -531,7 +535,7 @@ def build_report(args, meta, big, small) -> tuple[str, dict]:
     w(f"   prepare(): read+validate+encode+blocks      {big['prepare_s']:.1f} s   "
       f"({small['rows']:,} rows: {small['prepare_s']:.1f} s)")
     st_b, st_s = big.get("prepare_steps_s", {}), small.get("prepare_steps_s", {})
-    for n in ("read_exposures", "validate_exposures", "fit_encoding", "write_blocks"):
+    for n in PREPARE_STEPS:
         if n in st_b:
             w(f"     {n:<42}{st_b[n]:>5.1f} s   ({small['rows']:,} rows: {st_s.get(n, float('nan')):.1f} s)")
     w(f"   input partitions {big.get('input_partitions')} -> blocks {big['n_blocks']}")
