@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from segmentation.atomic import replace_dir
 from segmentation.config import SegmentConfig
 from segmentation.data.blockstore import BlockManifest, add_creative_index, default_block_dir, remove_blocks, write_blocks
 from segmentation.data.encode import Encoding
@@ -177,17 +176,9 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
 
 def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
     """Move a fully written output directory into place (rename; old copy removed after)."""
-    final_dir = os.path.abspath(final_dir)
-    if os.path.exists(final_dir):
-        if not overwrite:
-            raise FileExistsError(f"{final_dir} exists and output.overwrite is false")
-        old = f"{final_dir}.old-{os.getpid()}"
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.makedirs(os.path.dirname(final_dir) or ".", exist_ok=True)
-        os.replace(tmp_dir, final_dir)
+    if os.path.exists(final_dir) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(final_dir)} exists and output.overwrite is false")
+    replace_dir(tmp_dir, final_dir)
 
 
 def staging_dir(final_dir: str) -> str:

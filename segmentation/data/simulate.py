@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segmentation.atomic import replace_dir
+
 FORMAT_VERSION = 1
 _USERS_STREAM, _EXPOSURE_STREAM = 0, 1
 
@@ -471,13 +473,7 @@ def simulate_campaign(out_dir: str, n_users: int = 200_000, seed: int = 0, *, n_
                        n_positive=n_pos, segment_counts=seg_counts)
         with open(os.path.join(tmp, "truth.json"), "w") as fh:
             json.dump(truth, fh, indent=1)
-        if os.path.exists(out_dir):
-            trash = f"{tmp}.old"
-            os.rename(out_dir, trash)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

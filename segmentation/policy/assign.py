@@ -12,6 +12,7 @@ import re
 import shutil
 import uuid
 
+from segmentation.atomic import replace_dir
 from segmentation.data.encode import Encoding, col_ref
 from segmentation.errors import DataValidationError
 from segmentation.model import SegmentationModel
@@ -102,10 +103,4 @@ def write_parquet_atomic(df, path: str) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.exists(final):
-        old = f"{tmp}.old"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_dir(tmp, final)
