@@ -37,9 +37,29 @@ class DataConfig(_Section):
     covariates: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     propensity_col: Optional[str] = None
+    store: Literal["auto", "spark", "files"] = Field(
+        "auto", description="where the numeric blocks live between passes: 'spark' (a DataFrame "
+                            "persisted by Spark, works on any cluster and over Spark Connect), "
+                            "'files' (block files under block_dir, memory-mapped by the workers: "
+                            "local mode or a shared path), or 'auto' (files for a local master or "
+                            "when block_dir is set, else spark)")
     block_dir: Optional[str] = Field(
-        None, description="where per-partition numeric blocks are cached; on a cluster a path "
-                          "every executor can read (default: /dev/shm or the temp dir)")
+        None, description="where block files go with store 'files'; on a cluster a path every "
+                          "executor and the driver can read (default: /dev/shm or the temp dir)")
+    cache_storage_level: str = Field(
+        "DISK_ONLY", description="StorageLevel of the Spark-cached blocks (store 'spark'); the hot "
+                                 "copy lives in the Python workers, Spark's is the fallback")
+    worker_cache_mb: int = Field(
+        4096, ge=0, description="block bytes one Python worker keeps between passes (store 'spark')")
+
+    @field_validator("cache_storage_level")
+    @classmethod
+    def _level(cls, v):
+        levels = ("DISK_ONLY", "DISK_ONLY_2", "DISK_ONLY_3", "MEMORY_AND_DISK", "MEMORY_AND_DISK_2",
+                  "MEMORY_AND_DISK_DESER", "MEMORY_ONLY", "MEMORY_ONLY_2", "OFF_HEAP")
+        if v not in levels:
+            raise ValueError(f"must be one of {list(levels)} (got {v!r})")
+        return v
 
     @model_validator(mode="after")
     def _columns(self):

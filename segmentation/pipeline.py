@@ -2,7 +2,9 @@
 
 1. read the exposures and validate them against the config (one Spark aggregation);
 2. learn the encoding (one-hot levels, standardisation moments) on the training rows;
-3. index creatives, hash users into folds, convert the rows once into numeric blocks;
+3. index creatives, hash users into folds, convert the rows once into numeric blocks, kept
+   where ``data.store`` says (``choose_store``): cached by Spark itself (any cluster, Spark
+   Connect) or as block files (local mode, or a shared ``data.block_dir``);
 4. fit on the Spark oracle (single (lambda, alpha), or the CV path of ``selection``);
 5. build the ``SegmentationModel`` (coefficients back on the original scale).
 
@@ -20,13 +22,16 @@ import numpy as np
 
 from segmentation.atomic import replace_dir
 from segmentation.config import SegmentConfig
+from segmentation.data.blockcache import CachedBlocks, cache_blocks
 from segmentation.data.blockstore import BlockManifest, add_creative_index, default_block_dir, remove_blocks, write_blocks
 from segmentation.data.encode import Encoding
 from segmentation.data.folds import assign_folds
 from segmentation.data.read import read_exposures
 from segmentation.data.validate import ValidationReport, validate_and_encode
 from segmentation.model import SegmentationModel
+from segmentation.errors import ConfigError
 from segmentation.oracle.spark import SparkOracle
+from segmentation.oracle.spark_cache import SparkCacheOracle
 from segmentation.solver.curvature import resolve_curvature
 from segmentation.solver.prox_newton import FitResult, fit
 from segmentation.solver.structure import SegmentStructure
@@ -51,22 +56,66 @@ def build_structure(mapping: dict[str, list[str]], control: str | None) -> Segme
 
 @dataclass
 class PreparedData:
-    """Everything the solvers need, with the rows already converted into cached blocks."""
+    """Everything the solvers need, with the rows already converted into cached blocks.
+
+    ``manifest`` is the block files' ``BlockManifest`` (store "files") or the Spark cache's
+    ``CachedBlocks`` (store "spark"); both carry ``counts``/``positives`` per (fold, creative).
+    """
 
     df: Any                           # the validated exposure DataFrame
     report: ValidationReport
     encoding: Encoding
     structure: SegmentStructure
-    manifest: BlockManifest
-    oracle: SparkOracle
+    manifest: BlockManifest | CachedBlocks
+    oracle: SparkOracle | SparkCacheOracle
     n_folds: int
+    store: str = "files"
+    store_reason: str = ""
 
     def release(self) -> None:
-        remove_blocks(self.manifest)
+        if isinstance(self.manifest, CachedBlocks):
+            self.manifest.release()
+        else:
+            remove_blocks(self.manifest)
+
+
+def choose_store(spark, cfg: SegmentConfig) -> tuple[str, str]:
+    """(store, why): where the numeric blocks live between passes.
+
+    "files" memory-maps block files every executor reads by path: the fastest pass, but only
+    where executors see the driver's files (a local master, or ``data.block_dir`` on a shared
+    path). "spark" keeps them in a DataFrame persisted by Spark: nothing but Spark needed, so
+    the default on a cluster, and the only choice over Spark Connect (no RDDs there).
+    """
+    from segmentation.spark_session import is_connect, master_of
+
+    d = cfg.data
+    connect = is_connect(spark)
+    if d.store == "files":
+        if connect:
+            raise ConfigError("config key 'data.store': 'files' needs a classic Spark session (its "
+                              "passes use SparkContext); over Spark Connect use 'spark' or 'auto'")
+        return "files", f"data.store is 'files' (block files under {d.block_dir or 'a temp dir'})"
+    if d.store == "spark":
+        return "spark", "data.store is 'spark'"
+    if connect:
+        return "spark", "Spark Connect session: executors cannot read this process's files"
+    master = master_of(spark)
+    if master.startswith("local"):
+        return "files", f"local master ({master}): executors share this host's /dev/shm"
+    if d.block_dir:
+        return "files", f"data.block_dir is set ({d.block_dir}): taken to be shared by all executors"
+    return "spark", (f"master {master}: executors may run on other hosts, so the blocks are "
+                     "cached by Spark (set data.block_dir to a shared path to use block files)")
 
 
 def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
+    from segmentation.spark_session import ship_package
+
     d = cfg.data
+    store, why = choose_store(spark, cfg)
+    log.info("data path: %s (%s)", store, why)
+    ship_package(spark)
     mapping = cfg.segment_mapping()
     df = read_exposures(spark, d.exposures, d.format)
     # validation and the encoding's moments in one scan (same checks and errors as
@@ -82,14 +131,18 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
     indexed = add_creative_index(df, d.creative_col, list(structure.creatives), index_col=CREATIVE_INDEX_COL)
     folded = assign_folds(indexed, d.user_col, n_folds, cfg.cv.seed, fold_col=FOLD_COL)
     design = encoding.feature_columns(folded, FEATURES_COL)
-    manifest = write_blocks(
-        design, feature_col=FEATURES_COL, response_col=d.response_col,
-        creative_index_col=CREATIVE_INDEX_COL, fold_col=FOLD_COL,
-        n_creatives=structure.n_creatives, n_folds=n_folds,
-        block_dir=d.block_dir or default_block_dir(), feature_names=list(encoding.feature_names),
-    )
-    oracle = SparkOracle.from_manifest(spark, manifest)
-    return PreparedData(df, report, encoding, structure, manifest, oracle, n_folds)
+    common = dict(feature_col=FEATURES_COL, response_col=d.response_col,
+                  creative_index_col=CREATIVE_INDEX_COL, fold_col=FOLD_COL,
+                  n_creatives=structure.n_creatives, n_folds=n_folds,
+                  feature_names=list(encoding.feature_names))
+    if store == "spark":
+        manifest = cache_blocks(design, storage_level=d.cache_storage_level, **common)
+        oracle = SparkCacheOracle(spark, manifest, worker_cache_mb=d.worker_cache_mb)
+        log.info("%s", manifest.describe())
+    else:
+        manifest = write_blocks(design, block_dir=d.block_dir or default_block_dir(), **common)
+        oracle = SparkOracle.from_manifest(spark, manifest)
+    return PreparedData(df, report, encoding, structure, manifest, oracle, n_folds, store, why)
 
 
 def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam: float, alpha: float,

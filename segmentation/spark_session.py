@@ -1,6 +1,7 @@
 """Creating (or reusing) the SparkSession with the settings this tool relies on."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -15,18 +16,28 @@ DEFAULT_CONF = {
 
 
 def get_or_create_spark(app_name: str = "segmentation", master: str | None = None,
-                        conf: dict[str, str] | None = None):
+                        conf: dict[str, str] | None = None, remote: str | None = None):
     """Return the active SparkSession or build one.
 
     In a notebook or under spark-submit a session already exists (or the master comes from
     spark-submit); ``master`` is only applied when nothing set it, defaulting to ``local[*]``.
+    ``remote`` (``sc://host:port``, else the standard ``SPARK_REMOTE`` variable) makes a Spark
+    Connect session instead; ``conf`` then only carries runtime SQL settings.
     """
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    remote = remote or os.environ.get("SPARK_REMOTE")
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if remote:
+        builder = SparkSession.builder.remote(remote)
+        session = builder.getOrCreate()
+        for k, v in (conf or {}).items():
+            if k.startswith("spark.sql."):
+                session.conf.set(k, str(v))
+        return session
     builder = SparkSession.builder.appName(app_name)
     settings = dict(DEFAULT_CONF)
     settings.update(conf or {})
@@ -41,6 +52,17 @@ def get_or_create_spark(app_name: str = "segmentation", master: str | None = Non
     return session
 
 
+def master_of(spark) -> str:
+    """The master URL (``local[2]``, ``spark://...``, ``yarn``); Connect servers report theirs
+    through the runtime conf."""
+    if is_connect(spark):
+        try:
+            return str(spark.conf.get("spark.master"))
+        except Exception:  # noqa: BLE001 - serverless compute may hide it
+            return "unknown (Spark Connect)"
+    return spark.sparkContext.master
+
+
 def _submitted() -> bool:
     """True when spark-submit (or a cluster launcher) already chose the master."""
     return "spark.master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or bool(
@@ -48,19 +70,73 @@ def _submitted() -> bool:
     ) or os.environ.get("SPARK_ENV_LOADED") == "1"
 
 
-def ship_package(spark) -> None:
-    """On a cluster, send this package to the executors (zip + addPyFile) so the oracle's
-    worker module imports there. Local masters share the driver's environment: nothing to do."""
+def package_archive() -> str:
+    """A zip of this package (``segmentation/`` at its root), built once per process."""
+    global _ARCHIVE
+    if _ARCHIVE is None or not os.path.exists(_ARCHIVE):
+        import shutil
+        import tempfile
+
+        import segmentation
+
+        pkg_dir = os.path.dirname(os.path.abspath(segmentation.__file__))
+        base = os.path.join(tempfile.mkdtemp(prefix="segmentation-pkg-"), "segmentation")
+        _ARCHIVE = shutil.make_archive(base, "zip", root_dir=os.path.dirname(pkg_dir),
+                                       base_dir="segmentation")
+    return _ARCHIVE
+
+
+_ARCHIVE: str | None = None
+_SHIPPED: set = set()
+
+
+def ship_package(spark) -> str:
+    """Make this package importable on the executors; return what was done.
+
+    - Spark Connect: ``spark.addArtifacts(zip, pyfile=True)`` once per session (the Connect way;
+      the server puts it on the session's Python path on every executor).
+    - classic, local master: the executors are this process's children: nothing to do.
+    - classic, cluster: nothing when ``spark-submit --py-files`` (or ``spark.submit.pyFiles``)
+      already ships a wheel or zip of it, else ``SparkContext.addPyFile`` of a zip.
+    """
+    if is_connect(spark):
+        key = ("connect", spark.session_id)
+        if key not in _SHIPPED:
+            spark.addArtifacts(package_archive(), pyfile=True)
+            _SHIPPED.add(key)
+        return "shipped to the Spark Connect session (addArtifacts)"
     sc = spark.sparkContext
-    if sc.master.startswith("local") or getattr(sc, "_segmentation_shipped", False):
+    if sc.master.startswith("local"):
+        return "local master: executors use the driver's environment"
+    shipped = [f for f in (sc.getConf().get("spark.submit.pyFiles", "") or "").split(",") if f]
+    if any(_is_this_package(f) for f in shipped):
+        return f"shipped by spark-submit --py-files ({', '.join(os.path.basename(f) for f in shipped)})"
+    key = ("classic", sc.applicationId)
+    if key not in _SHIPPED:
+        sc.addPyFile(package_archive())
+        _SHIPPED.add(key)
+    return "shipped to the executors (addPyFile of a zip)"
+
+
+def _is_this_package(path: str) -> bool:
+    name = os.path.basename(path).lower().replace("-", "_")
+    return name.startswith(("creative_segmentation", "segmentation"))
+
+
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (no SparkContext, no RDDs, no broadcast)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+@contextlib.contextmanager
+def job_description(spark, text: str):
+    """Label the Spark jobs started inside (shown in the Spark UI); a no-op over Connect."""
+    if spark is None or is_connect(spark):
+        yield
         return
-    import shutil
-    import tempfile
-
-    import segmentation
-
-    pkg_dir = os.path.dirname(os.path.abspath(segmentation.__file__))
-    base = os.path.join(tempfile.mkdtemp(prefix="segmentation-pkg-"), "segmentation")
-    archive = shutil.make_archive(base, "zip", root_dir=os.path.dirname(pkg_dir), base_dir="segmentation")
-    sc.addPyFile(archive)
-    sc._segmentation_shipped = True
+    sc = spark.sparkContext
+    sc.setJobDescription(text)
+    try:
+        yield
+    finally:
+        sc.setJobDescription(None)

@@ -17,9 +17,11 @@ def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
 
     conf = {str(k): str(v) for k, v in ((cfg.spark if cfg else {}) or {}).items()}
     master = conf.pop("master", None) or conf.pop("spark.master", None)
+    remote = conf.pop("remote", None) or conf.pop("spark.remote", None)
     conf = {k if k.startswith("spark.") else f"spark.{k}": v for k, v in conf.items()}
-    spark = get_or_create_spark(app_name=app_name, master=master, conf=conf)
-    ship_package(spark)
+    spark = get_or_create_spark(app_name=app_name, master=None if remote else master, conf=conf,
+                                remote=remote)
+    log.info("package on the executors: %s", ship_package(spark))
     return spark
 
 

@@ -205,15 +205,11 @@ def _features_matrix(batch, n_feature_cols: int | None):
     return X, bad, p_in
 
 
-def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_creatives: int,
-                     n_folds: int):
-    """mapInArrow task: all batches of a partition -> one block file + one summary row."""
-    import pyarrow as pa
-    from pyspark import TaskContext
-
-    from segmentation.data.blocks import make_block, save_block
-
-    pid = TaskContext.get().partitionId()
+def partition_arrays(batches, *, n_feature_cols: int | None, n_creatives: int, n_folds: int):
+    """All Arrow batches of one partition -> (X with intercept, y, creative, fold, bad, p), or
+    None for an empty partition. ``bad`` counts invalid rows: {"features", "response",
+    "creative", "fold"} (null/NaN/infinite or ragged features, response not 0/1, creative or
+    fold index out of range)."""
     xs, ys, cs, fs, bads = [], [], [], [], []
     p_in = None
     for batch in batches:
@@ -231,7 +227,7 @@ def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_cre
         cs.append(batch.column(1).to_numpy(zero_copy_only=False))
         fs.append(batch.column(2).to_numpy(zero_copy_only=False))
     if not ys:
-        return
+        return None
     n = sum(len(y) for y in ys)
     y = np.concatenate(ys)
     creative = np.concatenate(cs).astype(np.int64)
@@ -243,12 +239,32 @@ def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_cre
         X[start:start + len(part), 1:] = part
         start += len(part)
     del xs
-    bad_features = int((np.concatenate(bads) | ~np.isfinite(X).all(axis=1)).sum())
-    bad_response = int((~((y == 0) | (y == 1))).sum())
-    bad_creative = int(((creative < 0) | (creative >= n_creatives)).sum())
-    bad_fold = int(((fold < 0) | (fold >= n_folds)).sum())
+    bad = {
+        "features": int((np.concatenate(bads) | ~np.isfinite(X).all(axis=1)).sum()),
+        "response": int((~((y == 0) | (y == 1))).sum()),
+        "creative": int(((creative < 0) | (creative >= n_creatives)).sum()),
+        "fold": int(((fold < 0) | (fold >= n_folds)).sum()),
+    }
+    return X, y, creative, fold, bad, p_in + 1
+
+
+def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_creatives: int,
+                     n_folds: int):
+    """mapInArrow task: all batches of a partition -> one block file + one summary row."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    from segmentation.data.blocks import make_block, save_block
+
+    pid = TaskContext.get().partitionId()
+    arrays = partition_arrays(batches, n_feature_cols=n_feature_cols, n_creatives=n_creatives,
+                              n_folds=n_folds)
+    if arrays is None:
+        return
+    X, y, creative, fold, bad, p = arrays
+    n = len(y)
     KF = n_creatives * n_folds
-    if bad_features or bad_response or bad_creative or bad_fold:
+    if any(bad.values()):
         file, counts, positives = "", np.zeros(KF, dtype=np.int64), np.zeros(KF, dtype=np.int64)
     else:
         block = make_block(X, y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
@@ -265,42 +281,19 @@ def _write_partition(batches, *, tmp_dir: str, n_feature_cols: int | None, n_cre
             "partition": pa.array([pid], pa.int32()),
             "file": pa.array([file], pa.string()),
             "n_rows": pa.array([n], pa.int64()),
-            "n_features": pa.array([p_in + 1], pa.int32()),
+            "n_features": pa.array([p], pa.int32()),
             "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
             "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
-            "bad_features": pa.array([bad_features], pa.int64()),
-            "bad_response": pa.array([bad_response], pa.int64()),
-            "bad_creative": pa.array([bad_creative], pa.int64()),
-            "bad_fold": pa.array([bad_fold], pa.int64()),
+            **{f"bad_{k}": pa.array([v], pa.int64()) for k, v in bad.items()},
         }
     )
 
 
-def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, response_col: str,
-                 creative_index_col: str, fold_col: str | None = "fold", n_creatives: int,
-                 n_folds: int = 1, block_dir: str | None = None, n_partitions: int | None = None,
-                 feature_names=None) -> BlockManifest:
-    """Convert encoded rows to numpy blocks, one ``.npz`` per non-empty partition; return the manifest.
-
-    Inputs: exactly one of ``feature_col`` (an ``array<double>`` column, as made by
-    ``Encoding.feature_columns``) or ``feature_cols`` (a list of numeric columns), WITHOUT the
-    intercept (it is prepended here as column 0); ``response_col`` (0/1 or boolean);
-    ``creative_index_col`` (int in 0..n_creatives-1, see :func:`add_creative_index`);
-    ``fold_col`` (int in 0..n_folds-1, or None for all rows in fold 0). ``n_partitions``
-    repartitions first (round robin); otherwise the DataFrame's partitioning is kept - keep
-    partitions near the number of cores. ``feature_names`` (intercept included) is only
-    recorded in the manifest.
-
-    The blocks go to ``block_dir/<uuid>/`` (written as ``block_dir/.tmp-<uuid>/`` then renamed);
-    ``block_dir`` defaults to :func:`default_block_dir`. On a cluster ``block_dir`` must be a
-    path every executor can read and write (DBFS/NFS). Partitions with zero rows write no file.
-
-    Rows with null/NaN/infinite features, a response not in {0, 1}, a null or out-of-range
-    creative index or fold make the whole call fail with ``DataValidationError`` (with counts)
-    and leave nothing behind. So does an input with no rows at all.
-
-    Memory: a task holds its partition's Arrow batches and about two (n, p) float64 copies.
-    """
+def select_design(df, *, feature_col, feature_cols, response_col: str, creative_index_col: str,
+                  fold_col, n_creatives: int, n_folds: int, n_partitions):
+    """The narrow frame the block converters read: y, c, f, then the features (one array
+    column ``x`` or double columns ``x0..``); nulls become NaN / -1 so they are counted, not
+    dropped. Returns (frame, number of feature columns or None for the array form)."""
     from pyspark.sql import functions as F
 
     if (feature_col is None) == (feature_cols is None):
@@ -323,7 +316,69 @@ def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
     data = df.select(*select)
     if n_partitions is not None:
         data = data.repartition(int(n_partitions))
+    return data, n_feature_cols
 
+
+def validation_problems(summaries, *, feature_col, feature_cols, response_col: str,
+                        creative_index_col: str, fold_col, n_creatives: int, n_folds: int) -> list[str]:
+    """What is wrong with the rows, from the converters' per-partition summary rows (counts of
+    bad rows, feature widths): one message per problem, naming the column and the row count."""
+    bad = {k: sum(int(r[k]) for r in summaries)
+           for k in ("bad_features", "bad_response", "bad_creative", "bad_fold")}
+    problems = []
+    feat_name = feature_col if feature_col is not None else str(feature_cols)
+    if bad["bad_features"]:
+        problems.append(f"features '{feat_name}' have {bad['bad_features']:,} rows that are null, "
+                        "NaN, infinite or of another length")
+    if bad["bad_response"]:
+        problems.append(f"response column '{response_col}' has {bad['bad_response']:,} rows that are not 0/1")
+    if bad["bad_creative"]:
+        problems.append(f"creative index column '{creative_index_col}' has {bad['bad_creative']:,} "
+                        f"rows that are null or outside 0..{n_creatives - 1}")
+    if bad["bad_fold"]:
+        problems.append(f"fold column '{fold_col}' has {bad['bad_fold']:,} rows that are null or "
+                        f"outside 0..{n_folds - 1}")
+    widths = sorted({int(r["n_features"]) for r in summaries})
+    if len(widths) > 1:
+        problems.append(f"features '{feat_name}' have different lengths across partitions: "
+                        f"{[w - 1 for w in widths]}")
+    if not summaries:
+        problems.append("there are no rows to write (0 rows)")
+    return problems
+
+
+def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, response_col: str,
+                 creative_index_col: str, fold_col: str | None = "fold", n_creatives: int,
+                 n_folds: int = 1, block_dir: str | None = None, n_partitions: int | None = None,
+                 feature_names=None) -> BlockManifest:
+    """Convert encoded rows to numpy blocks, one ``.npz`` per non-empty partition; return the manifest.
+
+    Inputs: exactly one of ``feature_col`` (an ``array<double>`` column, as made by
+    ``Encoding.feature_columns``) or ``feature_cols`` (a list of numeric columns), WITHOUT the
+    intercept (it is prepended here as column 0); ``response_col`` (0/1 or boolean);
+    ``creative_index_col`` (int in 0..n_creatives-1, see :func:`add_creative_index`);
+    ``fold_col`` (int in 0..n_folds-1, or None for all rows in fold 0). ``n_partitions``
+    repartitions first (round robin); otherwise the DataFrame's partitioning is kept - keep
+    partitions near the number of cores. ``feature_names`` (intercept included) is only
+    recorded in the manifest.
+
+    The blocks go to ``block_dir/<uuid>/`` (written as ``block_dir/.tmp-<uuid>/`` then renamed);
+    ``block_dir`` defaults to :func:`default_block_dir`. On a cluster ``block_dir`` must be a
+    path every executor can read and write (DBFS/NFS): files the executors wrote that the
+    driver cannot see raise ``DataValidationError`` naming ``data.block_dir``. Partitions with
+    zero rows write no file.
+
+    Rows with null/NaN/infinite features, a response not in {0, 1}, a null or out-of-range
+    creative index or fold make the whole call fail with ``DataValidationError`` (with counts)
+    and leave nothing behind. So does an input with no rows at all.
+
+    Memory: a task holds its partition's Arrow batches and about two (n, p) float64 copies.
+    """
+    data, n_feature_cols = select_design(df, feature_col=feature_col, feature_cols=feature_cols,
+                                         response_col=response_col,
+                                         creative_index_col=creative_index_col, fold_col=fold_col,
+                                         n_creatives=n_creatives, n_folds=n_folds,
+                                         n_partitions=n_partitions)
     block_dir = block_dir or default_block_dir()
     version = uuid.uuid4().hex
     tmp_dir = os.path.join(block_dir, f".tmp-{version}")
@@ -333,30 +388,21 @@ def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
         task = partial(_write_partition, tmp_dir=tmp_dir, n_feature_cols=n_feature_cols,
                        n_creatives=int(n_creatives), n_folds=int(n_folds))
         summaries = sorted(data.mapInArrow(task, _SUMMARY_SCHEMA).collect(), key=lambda r: r["partition"])
-        bad = {k: sum(int(r[k]) for r in summaries)
-               for k in ("bad_features", "bad_response", "bad_creative", "bad_fold")}
-        problems = []
-        feat_name = feature_col if feature_col is not None else str(feature_cols)
-        if bad["bad_features"]:
-            problems.append(f"features '{feat_name}' have {bad['bad_features']:,} rows that are null, "
-                            "NaN, infinite or of another length")
-        if bad["bad_response"]:
-            problems.append(f"response column '{response_col}' has {bad['bad_response']:,} rows that are not 0/1")
-        if bad["bad_creative"]:
-            problems.append(f"creative index column '{creative_index_col}' has {bad['bad_creative']:,} "
-                            f"rows that are null or outside 0..{n_creatives - 1}")
-        if bad["bad_fold"]:
-            problems.append(f"fold column '{fold_col}' has {bad['bad_fold']:,} rows that are null or "
-                            f"outside 0..{n_folds - 1}")
-        widths = sorted({int(r["n_features"]) for r in summaries})
-        if len(widths) > 1:
-            problems.append(f"features '{feat_name}' have different lengths across partitions: "
-                            f"{[w - 1 for w in widths]}")
-        if not summaries:
-            problems.append("there are no rows to write (0 rows)")
+        problems = validation_problems(summaries, feature_col=feature_col, feature_cols=feature_cols,
+                                       response_col=response_col,
+                                       creative_index_col=creative_index_col, fold_col=fold_col,
+                                       n_creatives=n_creatives, n_folds=n_folds)
         if problems:
             raise DataValidationError("cannot write blocks: " + "; ".join(problems))
-
+        unseen = [r["file"] for r in summaries if not os.path.isdir(os.path.join(tmp_dir, r["file"]))]
+        if unseen:
+            raise DataValidationError(
+                f"config key 'data.block_dir': {block_dir} is not shared by the driver and the "
+                f"executors: {len(unseen)} of {len(summaries)} block files the executors wrote "
+                f"there are not visible on the driver (e.g. {unseen[0]}). On a cluster set "
+                "data.block_dir to a path every executor and the driver can read (DBFS, NFS), or "
+                "leave it unset and use data.store: spark (blocks cached by Spark itself)")
+        widths = sorted({int(r["n_features"]) for r in summaries})
         K, Fn = int(n_creatives), int(n_folds)
         counts = np.zeros((Fn, K), dtype=np.int64)
         positives = np.zeros((Fn, K), dtype=np.int64)

@@ -11,6 +11,8 @@ Why not an RDD of cached blocks: a persisted RDD's partitions are re-serialised 
 Python worker on every pass (measured ~0.5 s per pass for 1M x 51 here, against ~0.13 s
 for a worker-side cache; see shared FIELD-NOTES). The block store must be readable by every
 executor: /dev/shm or a temp dir in local mode, a shared path (DBFS, NFS) on a cluster.
+Needs a classic session (RDDs); ``spark_cache.SparkCacheOracle`` is the oracle that needs
+nothing but Spark.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from segmentation.oracle.base import Oracle
 from segmentation.oracle.kernel import BlockSums
+from segmentation.spark_session import job_description
 
 
 class SparkOracle(Oracle):
@@ -51,11 +54,8 @@ class SparkOracle(Oracle):
 
             return [(i, partition_sums(paths[i], betas, include, curvature, heldout)) for i in indices]
 
-        sc.setJobDescription(label or "segmentation: likelihood pass")
-        try:
+        with job_description(self.spark, label or "segmentation: likelihood pass"):
             parts = sc.parallelize(range(P), P).mapPartitions(run).collect()
-        finally:
-            sc.setJobDescription(None)
         self.jobs += 1
         M, K, p = betas.shape
         total = BlockSums.zeros(M, K, p, curvature)

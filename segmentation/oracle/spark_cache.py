@@ -1,0 +1,99 @@
+"""Spark oracle over blocks cached by Spark itself (``data.blockcache``): the default on a
+cluster and the only one over Spark Connect.
+
+A pass is one Spark job: ``mapInArrow`` over the *key columns* (part, seq) of the persisted
+block DataFrame (the columnar cache prunes the payload, so tasks move a few bytes in and
+O(M K p^2) sums out). The task computes its partition's sums from the arrays its Python worker
+already holds (``spark_worker.cached_pass``). A worker that lacks them (first pass, a worker
+Spark reaped after 60 s idle, a task placed on another executor, a lost executor whose
+partitions Spark recomputed from lineage) says which blocks it misses, and the driver runs a
+second job over the payload of just those partitions (``spark_worker.payload_pass``): same
+kernel, same per-partition summation order, so the answer never depends on which path a
+partition took. Partition sums are added on the driver in partition order.
+
+Only the DataFrame API is used: works over Spark Connect. The coefficients travel in the task
+closure (M x K x p doubles: small).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from functools import partial
+
+import numpy as np
+
+from segmentation.oracle.base import Oracle
+from segmentation.oracle.kernel import BlockSums
+from segmentation.spark_session import job_description
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKER_CACHE_MB = 4096
+
+
+class SparkCacheOracle(Oracle):
+    """Same interface and numbers as ``LocalOracle`` and the file-store ``SparkOracle``.
+
+    ``worker_cache_mb`` bounds the block bytes one Python worker keeps (least recently used
+    blocks go first). A Python worker is one per concurrently running task of an executor, and
+    each may hold a copy of the blocks its tasks saw: budget executor memory for
+    ``cores x min(worker_cache_mb, data per executor)`` beside Spark's own cached copy.
+    ``reloads`` counts partitions whose payload had to be sent (misses).
+    """
+
+    def __init__(self, spark, cache, *, worker_cache_mb: int = DEFAULT_WORKER_CACHE_MB):
+        if not cache.keys:
+            raise ValueError("SparkCacheOracle needs at least one block")
+        self.spark = spark
+        self.cache = cache
+        self.counts = np.asarray(cache.counts, dtype=float)
+        self.positives = np.asarray(cache.positives, dtype=float)
+        self.n_features = int(cache.n_features)
+        self.n_creatives = int(cache.n_creatives)
+        self.n_folds = int(cache.n_folds)
+        self.budget = int(worker_cache_mb) << 20
+        self.passes = 0
+        self.jobs = 0
+        self.reloads = 0
+        self._keys_df = cache.df.select("part", "seq")
+        self._expected = {k: (r, c) for k, r, c in zip(cache.keys, cache.rows, cache.crcs)}
+
+    def _sums(self, betas, include, curvature, heldout, label) -> BlockSums:
+        from pyspark.sql import functions as F
+
+        from segmentation.oracle.spark_worker import RESULT_SCHEMA, cached_pass, payload_pass
+
+        c = self.cache
+        if c.released:
+            raise RuntimeError("the block cache was released")
+        common = dict(betas=betas, include=include, curvature=curvature, heldout=heldout)
+        desc = label or "segmentation: likelihood pass"
+        with job_description(self.spark, desc):
+            rows = self._keys_df.mapInArrow(partial(cached_pass, version=c.version, **common),
+                                            RESULT_SCHEMA).collect()
+        self.jobs += 1
+        sums = {int(r["part"]): r["sums"] for r in rows if not r["missing"]}
+        missing = sorted({int(r["part"]) for r in rows if r["missing"]})
+        if missing:
+            task = partial(payload_pass, version=c.version, expected=self._expected,
+                           n_features=c.n_features, n_creatives=c.n_creatives, n_folds=c.n_folds,
+                           budget=self.budget, **common)
+            with job_description(self.spark, f"{desc} (loading {len(missing)} partitions)"):
+                more = c.df.filter(F.col("part").isin(missing)).mapInArrow(task, RESULT_SCHEMA).collect()
+            self.jobs += 1
+            self.reloads += len(missing)
+            log.debug("pass %s: %d partitions loaded into Python workers", desc, len(missing))
+            for r in more:
+                sums[int(r["part"])] = r["sums"]
+        lost = [p for p in c.parts if p not in sums]
+        if lost:
+            raise RuntimeError(f"likelihood pass returned no sums for partitions {lost} of "
+                               f"{len(c.parts)}")
+        M, K, p = betas.shape
+        total = BlockSums.zeros(M, K, p, curvature)
+        for part in c.parts:
+            total += pickle.loads(sums[part])
+        return total
+
+    def release(self) -> None:
+        self.cache.release()
