@@ -41,7 +41,12 @@ def get_or_create_spark(app_name: str = "segmentation", master: str | None = Non
     builder = SparkSession.builder.appName(app_name)
     settings = dict(DEFAULT_CONF)
     settings.update(conf or {})
-    if master is None and "spark.master" not in settings and not _submitted():
+    if _submitted():
+        # spark-submit (or a cluster launcher) chose the master: the config's is a default
+        # for local runs and must not override --master
+        master = None
+        settings.pop("spark.master", None)
+    elif master is None and "spark.master" not in settings:
         master = "local[*]"
     if master is not None:
         builder = builder.master(master)
@@ -67,7 +72,7 @@ def _submitted() -> bool:
     """True when spark-submit (or a cluster launcher) already chose the master."""
     return "spark.master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or bool(
         os.environ.get("SPARK_MASTER")
-    ) or os.environ.get("SPARK_ENV_LOADED") == "1"
+    ) or os.environ.get("SPARK_ENV_LOADED") == "1" or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def package_archive() -> str:
