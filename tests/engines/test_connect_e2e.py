@@ -1,0 +1,164 @@
+"""fit (with CV), assign, evaluate and demo over a real Spark Connect server give local mode's answers.
+
+The server is started from the installed pyspark on 127.0.0.1 (``harness.ConnectServer``) and
+every verb runs as the CLI a user would type, in a subprocess with ``SPARK_REMOTE`` set; the
+reference runs in this process on the local session fixture (block files). Over Connect the
+fit must take the data path that needs nothing but Spark (``data.store: spark``, chosen
+automatically) and ship the package with ``addArtifacts``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from chispa import assert_approx_df_equality
+
+from harness import ConnectServer, HarnessError, HarnessUnavailable, spark_env, venv_prefix
+
+pytestmark = pytest.mark.slow
+
+SEGMENT = str(venv_prefix() / "bin" / "segment")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    try:
+        srv = ConnectServer(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"},
+                            log_dir=tmp_path_factory.mktemp("connect-logs"))
+        srv.start()
+    except HarnessUnavailable as err:
+        pytest.skip(str(err))
+    except HarnessError as err:
+        pytest.fail(f"Spark Connect server did not start: {err}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    from segmentation.data.simulate import simulate_campaign
+
+    out = tmp_path_factory.mktemp("connect-campaign")
+    simulate_campaign(str(out / "campaign"), n_users=6000, seed=11, overwrite=True)
+    return out
+
+
+def _config(root, name: str) -> dict:
+    from segmentation.workflow import demo_config
+
+    cfg = demo_config(str(root / "campaign"), str(root / name / "model"))
+    cfg["model"] = {"alpha": [0.1], "n_lambda": 5, "lambda_min_ratio": 0.05}
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{root / name / 'mlflow.db'}", "experiment": "connect-e2e"}
+    cfg["spark"] = {"spark.sql.shuffle.partitions": "2"}
+    os.makedirs(root / name, exist_ok=True)
+    return cfg
+
+
+def _cli(server, *args, timeout=600):
+    env = spark_env({"SPARK_REMOTE": server.url}, local_ip=None)
+    return subprocess.run([SEGMENT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _write(cfg: dict, path) -> str:
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    return str(path)
+
+
+def _betas(model_dir) -> tuple[np.ndarray, dict]:
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        m = json.load(fh)
+    return np.array([c["beta"] for c in m["creatives"]]), m
+
+
+@pytest.fixture(scope="module")
+def local_run(spark, campaign):
+    """The reference: the same config fitted, assigned and evaluated in local mode."""
+    from segmentation.config import parse_config
+    from segmentation.evaluation.run import run_evaluation
+    from segmentation.workflow import run_assign, run_fit
+
+    cfg = parse_config(_config(campaign, "local"))
+    model = run_fit(cfg, spark=spark)
+    out = str(campaign / "local" / "assignments")
+    run_assign(cfg.output.model_dir, str(campaign / "campaign" / "exposures"), out, spark=spark)
+    ev = run_evaluation(spark, cfg, model, write=False, log_mlflow=False)
+    return {"cfg": cfg, "model": model, "assign": out, "evaluation": ev}
+
+
+@pytest.fixture(scope="module")
+def connect_fit(server, campaign):
+    cfg = _config(campaign, "connect")
+    path = _write(cfg, campaign / "connect" / "fit.yaml")
+    r = _cli(server, "fit", path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return {"cfg": cfg, "config_path": path, "stdout": r.stdout, "stderr": r.stderr}
+
+
+def test_fit_with_cv_over_connect_equals_local_mode(local_run, connect_fit):
+    assert "data path: spark (Spark Connect session" in connect_fit["stderr"]
+    assert "addArtifacts" in connect_fit["stderr"]
+    b_connect, m_connect = _betas(connect_fit["cfg"]["output"]["model_dir"])
+    b_local, m_local = _betas(local_run["cfg"].output.model_dir)
+    assert m_connect["selection"]["lambda"] == pytest.approx(m_local["selection"]["lambda"], rel=1e-10)
+    assert m_connect["alpha"] == m_local["alpha"]
+    assert [c["fused"] for c in m_connect["creatives"]] == [c["fused"] for c in m_local["creatives"]]
+    np.testing.assert_allclose(b_connect, b_local, rtol=1e-8, atol=1e-10)
+    assert m_connect["fit"]["objective"] == pytest.approx(m_local["fit"]["objective"], rel=1e-10)
+    assert m_connect["fit"]["converged"]
+    # every grid point reached MLflow from the Connect run too
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=connect_fit["cfg"]["mlflow"]["tracking_uri"])
+    run = client.get_run(m_connect["selection"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 5
+
+
+def test_assign_over_connect_equals_local_mode(spark, server, campaign, local_run, connect_fit):
+    out = str(campaign / "connect" / "assignments")
+    r = _cli(server, "assign", "--model", connect_fit["cfg"]["output"]["model_dir"],
+             "--input", str(campaign / "campaign" / "exposures"), "--output", out)
+    assert r.returncode == 0, r.stderr[-5000:]
+    got = spark.read.parquet(out)
+    want = spark.read.parquet(local_run["assign"])
+    assert got.count() == want.count() > 0
+    assert_approx_df_equality(got, want, 1e-9, ignore_row_order=True, ignore_column_order=True)
+
+
+def test_evaluate_over_connect_equals_local_mode(server, campaign, local_run, connect_fit):
+    r = _cli(server, "evaluate", connect_fit["config_path"])
+    assert r.returncode == 0, r.stderr[-5000:]
+    with open(os.path.join(connect_fit["cfg"]["output"]["model_dir"], "evaluation.json")) as fh:
+        got = json.load(fh)["summary"]["policies"]
+    want = local_run["evaluation"].to_dict()["summary"]["policies"]
+    assert set(got) == set(want)
+    for policy in ("segment", "personalized", "best_single", "kmeans", "random"):
+        for est in ("dr", "ipw"):
+            g, w = got[policy]["value"][est], want[policy]["value"][est]
+            assert g["estimate"] == pytest.approx(w["estimate"], rel=1e-7, abs=1e-9), (policy, est)
+            assert g["ci_low"] == pytest.approx(w["ci_low"], rel=1e-6, abs=1e-9), (policy, est)
+
+
+def test_demo_over_connect(server, tmp_path):
+    out = tmp_path / "demo"
+    r = _cli(server, "demo", "--out", str(out), "--users", "4000", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert (out / "model" / "model.json").exists()
+    assert (out / "assignments").is_dir()
+
+
+def test_bad_input_over_connect_named_exit_2_nothing_written(server, campaign):
+    cfg = _config(campaign, "connect-bad")
+    cfg["data"]["response_col"] = "x1"          # continuous, not 0/1
+    path = _write(cfg, campaign / "connect-bad" / "fit.yaml")
+    r = _cli(server, "fit", path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "x1" in r.stderr
+    assert not os.path.exists(cfg["output"]["model_dir"])
