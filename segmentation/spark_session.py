@@ -114,13 +114,31 @@ def ship_package(spark) -> str:
     if sc.master.startswith("local"):
         return "local master: executors use the driver's environment"
     shipped = [f for f in (sc.getConf().get("spark.submit.pyFiles", "") or "").split(",") if f]
-    if any(_is_this_package(f) for f in shipped):
-        return f"shipped by spark-submit --py-files ({', '.join(os.path.basename(f) for f in shipped)})"
+    ours = [f for f in shipped if _is_this_package(f)]
+    if any(f.lower().endswith((".zip", ".egg")) for f in ours):
+        return f"shipped by spark-submit --py-files ({', '.join(os.path.basename(f) for f in ours)})"
     key = ("classic", sc.applicationId)
-    if key not in _SHIPPED:
-        sc.addPyFile(package_archive())
-        _SHIPPED.add(key)
-    return "shipped to the executors (addPyFile of a zip)"
+    wheels = [f for f in ours if f.lower().endswith(".whl")]
+    if key in _SHIPPED:
+        return "already shipped to the executors"
+    # Spark puts only .zip/.egg/.py of --py-files on the executors' Python path; a pure-Python
+    # wheel is a zip with the package at its root, so it is added again under a .zip name.
+    for whl in wheels:
+        local = whl.removeprefix("file://").removeprefix("file:")
+        if os.path.exists(local):
+            import shutil
+            import tempfile
+
+            as_zip = os.path.join(tempfile.mkdtemp(prefix="segmentation-whl-"),
+                                  os.path.basename(local)[:-4] + ".zip")
+            shutil.copyfile(local, as_zip)
+            sc.addPyFile(as_zip)
+            _SHIPPED.add(key)
+            return (f"shipped by spark-submit --py-files {os.path.basename(local)} (added to the "
+                    "executors' Python path as a zip)")
+    sc.addPyFile(package_archive())
+    _SHIPPED.add(key)
+    return "shipped to the executors (addPyFile of a zip of the driver's package)"
 
 
 def _is_this_package(path: str) -> bool:
