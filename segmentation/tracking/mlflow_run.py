@@ -100,7 +100,9 @@ class FitTracker:
                  "positives": int(np.asarray(prepared.manifest.positives).sum())}
         self._log(params={f"data.{k}": v for k, v in facts.items()},
                   metrics=[(f"data_{k}", v, 0) for k, v in facts.items()],
-                  tags={"segmentation.features": ",".join(enc.feature_names)})
+                  tags={"segmentation.features": ",".join(enc.feature_names),
+                        "segmentation.block_store": getattr(prepared, "store", ""),
+                        "segmentation.block_store_reason": getattr(prepared, "store_reason", "")})
 
     def _log_child(self, r: dict, F: int, chosen: bool = False) -> str:
         tags = {"mlflow.parentRunId": self.run_id, "segmentation.kind": "grid-point",

@@ -78,6 +78,8 @@ def test_run_tree(fitted):
     assert p["model.n_lambda"] == str(N_LAMBDA) and p["cv.folds"] == str(FOLDS) and p["cv.rule"] == "1se"
     assert p["data.rows"] == "8000" and p["data.creatives"] == "10" and p["data.covariates_encoded"] == "8"
     assert parent.data.tags["segmentation.data_path"].endswith("exposures")
+    assert parent.data.tags["segmentation.block_store"] == "files"          # local master
+    assert "local master" in parent.data.tags["segmentation.block_store_reason"]
     assert "campaign/exposures" in parent.info.run_name
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{run_id}'", max_results=1000)
