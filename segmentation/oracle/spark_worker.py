@@ -70,13 +70,13 @@ def _block_nbytes(block: DesignBlock) -> int:
 
 def _remember(key, block: DesignBlock, budget: int) -> None:
     """Keep ``block`` under ``key`` (version, part, seq), evicting least recently used blocks
-    (first those of other versions) to stay within ``budget`` bytes; a block larger than the
-    budget is not kept."""
+    to stay within ``budget`` bytes; a block larger than the budget is not kept. Several live
+    versions (e.g. a single fit's and a CV's data in one session) share the budget; stale ones
+    go first as they are the least recently used (and with the worker, which Spark reaps after
+    60 s idle)."""
     size = _block_nbytes(block)
     if size > budget:
         return
-    for old in [k for k in _BLOCKS if k[0] != key[0]]:
-        _BLOCK_BYTES[0] -= _block_nbytes(_BLOCKS.pop(old))
     while _BLOCKS and _BLOCK_BYTES[0] + size > budget:
         _, ev = _BLOCKS.popitem(last=False)
         _BLOCK_BYTES[0] -= _block_nbytes(ev)
