@@ -308,7 +308,7 @@ def pass_benchmark(spark, oracles: dict, betas, repeats: int, *, include=None, h
 
     sc = spark.sparkContext
     P = len(oracles["files"].block_paths)
-    keys_df = so.cache.df.select("part", "seq")
+    keys_df = so._keys_df          # what a pass scans: the local checkpoint of the key columns
     refs = {
         "empty_arrow": lambda: spark.range(2, numPartitions=2).mapInArrow(_identity, "id long").collect(),
         "skel_files": lambda: sc.parallelize(range(P), P).mapPartitions(
@@ -418,7 +418,7 @@ def build_report(args, meta: dict, R: dict) -> str:
         row(f"first CV pass, {nf} models (cold)", c["cold"]["files"], c["cold"]["spark"], fmt_ms)
         row(f"CV pass: {nf} models (leave one fold out), Hessians + held-out loss",
             median(c["times"]["cv"]["files"]), median(c["times"]["cv"]["spark"]), fmt_ms)
-    row("job skeleton, no kernel: parallelize(range(P), P) / key-column scan of the cache",
+    row("job skeleton, no kernel: parallelize(range(P), P) / scan of the checkpointed block keys",
         median(t["skel_files"]), median(t["skel_spark"]), fmt_ms)
     f = R["fit"]
     w(f"| fit at alpha={args.alpha}, lambda={R['lambda']:.4g}: passes | {f['files']['passes']} | "

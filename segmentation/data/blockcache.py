@@ -33,7 +33,8 @@ from functools import partial
 import numpy as np
 
 from segmentation.data.blocks import DesignBlock, make_block
-from segmentation.data.blockstore import partition_arrays, select_design, validation_problems
+from segmentation.data.blockstore import (partition_arrays, select_design, total_counts,
+                                           validation_problems)
 from segmentation.errors import DataValidationError
 
 DEFAULT_MAX_BLOCK_BYTES = 64 << 20          # design bytes per cached row (Spark binary < 2 GB)
@@ -209,11 +210,7 @@ def cache_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
         if problems:
             raise DataValidationError("cannot cache blocks: " + "; ".join(problems))
         K, Fn = int(n_creatives), int(n_folds)
-        counts = np.zeros((Fn, K), dtype=np.int64)
-        positives = np.zeros((Fn, K), dtype=np.int64)
-        for r in summaries:
-            counts += np.asarray(r["counts"], dtype=np.int64).reshape(Fn, K)
-            positives += np.asarray(r["positives"], dtype=np.int64).reshape(Fn, K)
+        counts, positives = total_counts(summaries, n_folds=Fn, n_creatives=K)
         n_features = int(summaries[0]["n_features"])
         if feature_names is not None and len(feature_names) != n_features:
             raise ValueError(f"feature_names has {len(feature_names)} names for {n_features} "

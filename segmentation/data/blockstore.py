@@ -347,6 +347,17 @@ def validation_problems(summaries, *, feature_col, feature_cols, response_col: s
     return problems
 
 
+def total_counts(summaries, *, n_folds: int, n_creatives: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F, K) rows and positive responses per (fold, creative), summed over the converters'
+    summary rows (each holding flat ``counts`` and ``positives`` lists in (f, c) order)."""
+    counts = np.zeros((n_folds, n_creatives), dtype=np.int64)
+    positives = np.zeros((n_folds, n_creatives), dtype=np.int64)
+    for r in summaries:
+        counts += np.asarray(r["counts"], dtype=np.int64).reshape(n_folds, n_creatives)
+        positives += np.asarray(r["positives"], dtype=np.int64).reshape(n_folds, n_creatives)
+    return counts, positives
+
+
 def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, response_col: str,
                  creative_index_col: str, fold_col: str | None = "fold", n_creatives: int,
                  n_folds: int = 1, block_dir: str | None = None, n_partitions: int | None = None,
@@ -404,11 +415,7 @@ def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
                 "leave it unset and use data.store: spark (blocks cached by Spark itself)")
         widths = sorted({int(r["n_features"]) for r in summaries})
         K, Fn = int(n_creatives), int(n_folds)
-        counts = np.zeros((Fn, K), dtype=np.int64)
-        positives = np.zeros((Fn, K), dtype=np.int64)
-        for r in summaries:
-            counts += np.asarray(r["counts"], dtype=np.int64).reshape(Fn, K)
-            positives += np.asarray(r["positives"], dtype=np.int64).reshape(Fn, K)
+        counts, positives = total_counts(summaries, n_folds=Fn, n_creatives=K)
         manifest = BlockManifest(
             block_dir=block_dir, version=version,
             paths=[os.path.join(final_dir, r["file"]) for r in summaries],

@@ -21,7 +21,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from segmentation.errors import DataValidationError
 from segmentation.evaluation import report

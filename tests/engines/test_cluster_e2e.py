@@ -13,7 +13,6 @@ directory (the stand-in for HDFS/S3). What must hold:
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,10 +21,10 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 from chispa import assert_approx_df_equality
 
 import harness
+from e2e_common import model_betas, small_cv_config, write_yaml
 from harness import HarnessError, HarnessUnavailable, StandaloneCluster, build_wheel, spark_submit
 
 pytestmark = pytest.mark.slow
@@ -62,24 +61,6 @@ def shared(cluster):
     return root
 
 
-def _config(root, name: str, **data) -> dict:
-    from segmentation.workflow import demo_config
-
-    cfg = demo_config(str(root / "campaign"), str(root / name / "model"))
-    cfg["model"] = {"alpha": [0.1], "n_lambda": 5, "lambda_min_ratio": 0.05}
-    cfg["mlflow"] = {"enabled": False}
-    cfg["spark"] = {"spark.sql.shuffle.partitions": "2"}
-    cfg["data"].update(data)
-    os.makedirs(root / name, exist_ok=True)
-    return cfg
-
-
-def _write(cfg, path) -> str:
-    with open(path, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-    return str(path)
-
-
 def _submit_args(cluster, wheel, script: str, *args) -> list[str]:
     conf = cluster.driver_conf(executor_memory="1g")
     out = ["--master", conf.pop("spark.master"), "--py-files", str(wheel)]
@@ -88,18 +69,12 @@ def _submit_args(cluster, wheel, script: str, *args) -> list[str]:
     return [*out, str(JOBS / script), *args]
 
 
-def _betas(model_dir):
-    with open(os.path.join(model_dir, "model.json")) as fh:
-        m = json.load(fh)
-    return np.array([c["beta"] for c in m["creatives"]]), m
-
-
 @pytest.fixture(scope="module")
 def local_model(spark, shared):
     from segmentation.config import parse_config
     from segmentation.workflow import run_assign, run_fit
 
-    cfg = parse_config(_config(shared, "local"))
+    cfg = parse_config(small_cv_config(shared, "local"))
     run_fit(cfg, spark=spark)
     out = str(shared / "local" / "assignments")
     run_assign(cfg.output.model_dir, str(shared / "campaign" / "exposures"), out, spark=spark)
@@ -108,8 +83,8 @@ def local_model(spark, shared):
 
 @pytest.fixture(scope="module")
 def cluster_fit(cluster, wheel, shared):
-    cfg = _config(shared, "cluster")
-    r = spark_submit(_submit_args(cluster, wheel, "fit.py", _write(cfg, shared / "cluster" / "fit.yaml")),
+    cfg = small_cv_config(shared, "cluster")
+    r = spark_submit(_submit_args(cluster, wheel, "fit.py", write_yaml(cfg, shared / "cluster" / "fit.yaml")),
                      timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return {"cfg": cfg, "stderr": r.stdout + r.stderr}
@@ -117,8 +92,8 @@ def cluster_fit(cluster, wheel, shared):
 
 def test_executors_cannot_see_driver_files(cluster, wheel, shared, tmp_path):
     """The block-file store fails on this cluster, naming data.block_dir; nothing is written."""
-    cfg = _config(shared, "files", store="files", block_dir=str(tmp_path / "blocks"))
-    r = spark_submit(_submit_args(cluster, wheel, "fit.py", _write(cfg, shared / "files" / "fit.yaml")),
+    cfg = small_cv_config(shared, "files", store="files", block_dir=str(tmp_path / "blocks"))
+    r = spark_submit(_submit_args(cluster, wheel, "fit.py", write_yaml(cfg, shared / "files" / "fit.yaml")),
                      timeout=600)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-4000:]
     said = r.stdout + r.stderr       # spark-submit relays the Python driver's stderr on stdout
@@ -132,8 +107,8 @@ def test_executors_cannot_see_driver_files(cluster, wheel, shared, tmp_path):
 def test_fit_with_cv_on_cluster_equals_local_mode(cluster_fit, local_model):
     assert "data path: spark (master spark://127.0.0.1:" in cluster_fit["stderr"]
     assert "shipped by spark-submit --py-files creative_segmentation-" in cluster_fit["stderr"]
-    b_cluster, m_cluster = _betas(cluster_fit["cfg"]["output"]["model_dir"])
-    b_local, m_local = _betas(local_model["model_dir"])
+    b_cluster, m_cluster = model_betas(cluster_fit["cfg"]["output"]["model_dir"])
+    b_local, m_local = model_betas(local_model["model_dir"])
     assert m_cluster["lambda"] == pytest.approx(m_local["lambda"], rel=1e-10)
     assert [c["fused"] for c in m_cluster["creatives"]] == [c["fused"] for c in m_local["creatives"]]
     np.testing.assert_allclose(b_cluster, b_local, rtol=1e-8, atol=1e-10)
@@ -152,8 +127,8 @@ def test_assign_on_cluster_equals_local_mode(spark, cluster, wheel, shared, clus
 
 def _fit_while(cluster, wheel, shared, name: str, action) -> tuple[subprocess.CompletedProcess, dict]:
     """Run a CV fit with spark-submit; once the CV path is under way, call ``action()``."""
-    cfg = _config(shared, name)
-    args = _submit_args(cluster, wheel, "fit.py", _write(cfg, shared / name / "fit.yaml"))
+    cfg = small_cv_config(shared, name)
+    args = _submit_args(cluster, wheel, "fit.py", write_yaml(cfg, shared / name / "fit.yaml"))
     env = harness.spark_env({"PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen([harness.spark_bin("spark-submit"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -190,10 +165,20 @@ def test_lost_executor_mid_cv_does_not_change_the_model(cluster, wheel, shared, 
     assert info["acted"] is not None and not harness.pid_alive(info["acted"])
     said = r.stdout + r.stderr
     assert "Lost executor" in said or "ExecutorLost" in said, said[-4000:]
-    b, m = _betas(info["cfg"]["output"]["model_dir"])
-    b_ref, m_ref = _betas(cluster_fit["cfg"]["output"]["model_dir"])
+    b, m = model_betas(info["cfg"]["output"]["model_dir"])
+    b_ref, m_ref = model_betas(cluster_fit["cfg"]["output"]["model_dir"])
     assert m["lambda"] == m_ref["lambda"]
     np.testing.assert_allclose(b, b_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_bad_input_on_cluster_named_exit_2_nothing_written(cluster, wheel, shared):
+    cfg = small_cv_config(shared, "bad", response_col="x1")      # continuous, not 0/1
+    r = spark_submit(_submit_args(cluster, wheel, "fit.py", write_yaml(cfg, shared / "bad" / "fit.yaml")),
+                     timeout=600)
+    said = r.stdout + r.stderr
+    assert r.returncode == 2, said[-4000:]
+    assert "error:" in said and "'x1'" in said, said[-4000:]
+    assert not os.path.exists(cfg["output"]["model_dir"])
 
 
 def test_lost_worker_mid_cv_does_not_change_the_model(cluster, wheel, shared, cluster_fit):
@@ -210,6 +195,6 @@ def test_lost_worker_mid_cv_does_not_change_the_model(cluster, wheel, shared, cl
     r, info = _fit_while(cluster, wheel, shared, "killed-worker", kill_worker)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert info["acted"] is not None
-    b, m = _betas(info["cfg"]["output"]["model_dir"])
-    b_ref, _ = _betas(cluster_fit["cfg"]["output"]["model_dir"])
+    b, m = model_betas(info["cfg"]["output"]["model_dir"])
+    b_ref, _ = model_betas(cluster_fit["cfg"]["output"]["model_dir"])
     np.testing.assert_allclose(b, b_ref, rtol=1e-8, atol=1e-10)

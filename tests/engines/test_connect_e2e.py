@@ -14,9 +14,9 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
 from chispa import assert_approx_df_equality
 
+from e2e_common import model_betas, small_cv_config, write_yaml
 from harness import ConnectServer, HarnessError, HarnessUnavailable, spark_env, venv_prefix
 
 pytestmark = pytest.mark.slow
@@ -47,32 +47,14 @@ def campaign(tmp_path_factory):
     return out
 
 
-def _config(root, name: str) -> dict:
-    from segmentation.workflow import demo_config
-
-    cfg = demo_config(str(root / "campaign"), str(root / name / "model"))
-    cfg["model"] = {"alpha": [0.1], "n_lambda": 5, "lambda_min_ratio": 0.05}
-    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{root / name / 'mlflow.db'}", "experiment": "connect-e2e"}
-    cfg["spark"] = {"spark.sql.shuffle.partitions": "2"}
-    os.makedirs(root / name, exist_ok=True)
-    return cfg
-
-
 def _cli(server, *args, timeout=600):
     env = spark_env({"SPARK_REMOTE": server.url}, local_ip=None)
     return subprocess.run([SEGMENT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _write(cfg: dict, path) -> str:
-    with open(path, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-    return str(path)
-
-
-def _betas(model_dir) -> tuple[np.ndarray, dict]:
-    with open(os.path.join(model_dir, "model.json")) as fh:
-        m = json.load(fh)
-    return np.array([c["beta"] for c in m["creatives"]]), m
+def connect_config(root, name: str, **data) -> dict:
+    return small_cv_config(root, name, mlflow={"tracking_uri": f"sqlite:///{root / name / 'mlflow.db'}",
+                                               "experiment": "connect-e2e"}, **data)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +64,7 @@ def local_run(spark, campaign):
     from segmentation.evaluation.run import run_evaluation
     from segmentation.workflow import run_assign, run_fit
 
-    cfg = parse_config(_config(campaign, "local"))
+    cfg = parse_config(connect_config(campaign, "local"))
     model = run_fit(cfg, spark=spark)
     out = str(campaign / "local" / "assignments")
     run_assign(cfg.output.model_dir, str(campaign / "campaign" / "exposures"), out, spark=spark)
@@ -92,8 +74,8 @@ def local_run(spark, campaign):
 
 @pytest.fixture(scope="module")
 def connect_fit(server, campaign):
-    cfg = _config(campaign, "connect")
-    path = _write(cfg, campaign / "connect" / "fit.yaml")
+    cfg = connect_config(campaign, "connect")
+    path = write_yaml(cfg, campaign / "connect" / "fit.yaml")
     r = _cli(server, "fit", path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return {"cfg": cfg, "config_path": path, "stdout": r.stdout, "stderr": r.stderr}
@@ -102,8 +84,8 @@ def connect_fit(server, campaign):
 def test_fit_with_cv_over_connect_equals_local_mode(local_run, connect_fit):
     assert "data path: spark (Spark Connect session" in connect_fit["stderr"]
     assert "addArtifacts" in connect_fit["stderr"]
-    b_connect, m_connect = _betas(connect_fit["cfg"]["output"]["model_dir"])
-    b_local, m_local = _betas(local_run["cfg"].output.model_dir)
+    b_connect, m_connect = model_betas(connect_fit["cfg"]["output"]["model_dir"])
+    b_local, m_local = model_betas(local_run["cfg"].output.model_dir)
     assert m_connect["selection"]["lambda"] == pytest.approx(m_local["selection"]["lambda"], rel=1e-10)
     assert m_connect["alpha"] == m_local["alpha"]
     assert [c["fused"] for c in m_connect["creatives"]] == [c["fused"] for c in m_local["creatives"]]
@@ -155,9 +137,9 @@ def test_demo_over_connect(server, tmp_path):
 
 
 def test_bad_input_over_connect_named_exit_2_nothing_written(server, campaign):
-    cfg = _config(campaign, "connect-bad")
+    cfg = connect_config(campaign, "connect-bad")
     cfg["data"]["response_col"] = "x1"          # continuous, not 0/1
-    path = _write(cfg, campaign / "connect-bad" / "fit.yaml")
+    path = write_yaml(cfg, campaign / "connect-bad" / "fit.yaml")
     r = _cli(server, "fit", path)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "x1" in r.stderr
