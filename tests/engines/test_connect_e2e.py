@@ -128,6 +128,24 @@ def test_evaluate_over_connect_equals_local_mode(server, campaign, local_run, co
             assert g["ci_low"] == pytest.approx(w["ci_low"], rel=1e-6, abs=1e-9), (policy, est)
 
 
+def test_single_fit_over_connect_equals_local_mode(spark, server, campaign):
+    from segmentation.config import parse_config
+    from segmentation.workflow import run_fit
+
+    single = {"lambda": 0.01, "alpha": 0.1}
+    local = connect_config(campaign, "single-local")
+    local["model"] = dict(single)
+    run_fit(parse_config(local), spark=spark)
+    remote = connect_config(campaign, "single-connect")
+    remote["model"] = dict(single)
+    r = _cli(server, "fit", write_yaml(remote, campaign / "single-connect" / "fit.yaml"))
+    assert r.returncode == 0, r.stderr[-5000:]
+    b_connect, m_connect = model_betas(remote["output"]["model_dir"])
+    b_local, m_local = model_betas(local["output"]["model_dir"])
+    assert m_connect["fit"]["passes"] == m_local["fit"]["passes"]
+    np.testing.assert_allclose(b_connect, b_local, rtol=1e-8, atol=1e-10)
+
+
 def test_demo_over_connect(server, tmp_path):
     out = tmp_path / "demo"
     r = _cli(server, "demo", "--out", str(out), "--users", "4000", timeout=900)

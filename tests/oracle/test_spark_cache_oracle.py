@@ -97,3 +97,30 @@ def test_bad_rows_named_and_nothing_cached(spark):
         cache_blocks(df, feature_col="x", response_col="y", creative_index_col="c", fold_col="f",
                      n_creatives=K, n_folds=F)
     assert len(spark.sparkContext._jsc.getPersistentRDDs()) == before
+
+
+def test_a_block_recomputed_with_other_content_fails_loudly(spark):
+    """What a worker does when Spark hands it a recomputed block that differs from the one the
+    driver recorded (the input changed under a running fit): an error, never another answer."""
+    import pyarrow as pa
+
+    from segmentation.data.blockcache import _arrow_schema
+    from segmentation.oracle.spark_worker import payload_pass
+
+    X, y, creative, fold = _data(n=400, seed=8)
+    cache = _cached(spark, X, y, creative, fold, partitions=1)
+    try:
+        rows = [r.asDict() for r in cache.df.collect()]
+        batch = pa.RecordBatch.from_pylist(rows, schema=_arrow_schema())
+        betas = np.zeros((1, K, P))
+        kw = dict(version="test-" + cache.version, n_features=P, n_creatives=K, n_folds=F,
+                  betas=betas, include=np.ones((1, F), bool), curvature=True, heldout=False,
+                  budget=0)
+        good = {k: (r, c) for k, r, c in zip(cache.keys, cache.rows, cache.crcs)}
+        out = list(payload_pass(iter([batch]), expected=good, **kw))
+        assert [o.column("part")[0].as_py() for o in out] == cache.parts
+        bad = {k: (r, c ^ 1) for k, (r, c) in good.items()}
+        with pytest.raises(RuntimeError, match="recomputed by Spark with different content"):
+            list(payload_pass(iter([batch]), expected=bad, **kw))
+    finally:
+        cache.release()
