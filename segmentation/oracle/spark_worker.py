@@ -75,6 +75,8 @@ def _remember(key, block: DesignBlock, budget: int) -> None:
     go first as they are the least recently used (and with the worker, which Spark reaps after
     60 s idle)."""
     size = _block_nbytes(block)
+    if key in _BLOCKS:                 # a reload of a block this worker holds: replace, not add
+        _BLOCK_BYTES[0] -= _block_nbytes(_BLOCKS.pop(key))
     if size > budget:
         return
     while _BLOCKS and _BLOCK_BYTES[0] + size > budget:

@@ -124,3 +124,28 @@ def test_a_block_recomputed_with_other_content_fails_loudly(spark):
             list(payload_pass(iter([batch]), expected=bad, **kw))
     finally:
         cache.release()
+
+
+def test_worker_block_cache_accounting_stays_exact():
+    """Reloading a block a worker holds replaces it (bytes counted once); LRU keeps the budget."""
+    from segmentation.data.blocks import make_block
+    from segmentation.oracle import spark_worker as w
+
+    X, y, creative, fold = _data(n=200, seed=9)
+    block = make_block(np.column_stack([np.ones(len(y)), X]), y, creative, fold, n_creatives=K, n_folds=F)
+    size = w._block_nbytes(block)
+    saved = (dict(w._BLOCKS), w._BLOCK_BYTES[0])
+    w._BLOCKS.clear()
+    w._BLOCK_BYTES[0] = 0
+    try:
+        for _ in range(3):
+            w._remember(("v", 0, 0), block, budget=10 * size)
+        assert w._BLOCK_BYTES[0] == size and len(w._BLOCKS) == 1
+        for s in range(1, 12):
+            w._remember(("v", 0, s), block, budget=10 * size)
+        assert len(w._BLOCKS) == 10 and w._BLOCK_BYTES[0] == 10 * size
+        assert ("v", 0, 0) not in w._BLOCKS and ("v", 0, 11) in w._BLOCKS    # least recent went
+    finally:
+        w._BLOCKS.clear()
+        w._BLOCKS.update(saved[0])
+        w._BLOCK_BYTES[0] = saved[1]
