@@ -53,7 +53,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
@@ -65,6 +64,7 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # bench_core
 
 TARGET_HESS_RATIO = 1.5      # spark-path pass with Hessians <= 1.5 x files-path pass
 TOL_LOSS = 1e-10
@@ -189,20 +189,12 @@ def ensure_data(args) -> tuple[str, float | None]:
 
 
 def make_config(args, data_dir: str, store: str) -> dict:
-    with open(os.path.join(data_dir, "truth.json")) as fh:
-        truth = json.load(fh)
-    return {
-        "data": {
-            "exposures": os.path.join(data_dir, "exposures"), "format": "parquet",
-            "user_col": "user_id", "creative_col": "creative", "response_col": "response",
-            "covariates": list(truth["numeric"]), "categorical": [], "store": store,
-            "cache_storage_level": args.storage_level,
-        },
-        "segments": truth["segments"],
-        "model": {"lambda": 0.01, "alpha": args.alpha, "tol": args.tol, "max_iter": 100},
-        "output": {"model_dir": os.path.join(args.out, "model-unused")},
-        "spark": {"master": args.master, "spark.driver.memory": args.driver_memory},
-    }
+    """bench_core's config for this data (lambda 0.01, ``--alpha``) with the data path set."""
+    from bench_core import make_config as core_config
+
+    cfg = core_config(args, data_dir, 0.01, args.alpha)
+    cfg["data"].update(store=store, cache_storage_level=args.storage_level)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- steps
