@@ -352,6 +352,7 @@ class StandaloneCluster:
         self._base: Path | None = None
         self._logs: list[Path] = []
         self._stopped = False
+        self._worker_urls: list[str] = []
 
     # -- public properties ---------------------------------------------------------------
     @property
@@ -505,7 +506,8 @@ class StandaloneCluster:
         return "\n".join(lines)
 
     def _start_worker(self, index: int, host: str) -> None:
-        script = self.worker_script(index, host, free_port(host), free_port(host))
+        rpc_port = free_port(host)
+        script = self.worker_script(index, host, free_port(host), rpc_port)
         (self.log_dir / f"worker-{index}.sh").write_text(script + "\n")
         log = self.log_dir / f"worker-{index}.log"
         self._logs.append(log)
@@ -516,6 +518,7 @@ class StandaloneCluster:
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd="/", start_new_session=True)
         self._workers.append(proc)
+        self._worker_urls.append(f"spark://Worker@{host}:{rpc_port}")
 
     def state(self) -> dict:
         """The master's JSON status (http://127.0.0.1:W/json/)."""
@@ -563,17 +566,39 @@ class StandaloneCluster:
         return roots + descendants(roots)
 
     def stop(self) -> None:
-        """Stop workers (and their executors) first, then the master; SIGKILL leftovers; remove
-        the shared directory. Idempotent."""
+        """Stop the master first (only it orders new executors: a worker stopped before it can
+        still be told to launch one for a driver that lost its executors, and that JVM would
+        outlive the snapshot of the worker's tree), then the workers and their executors, then
+        SIGKILL any executor still naming one of our workers; remove the shared directory.
+        Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        if self._workers:
-            terminate_tree(self._workers, grace=10.0)
         if self._master is not None:
             terminate_tree([self._master], grace=10.0)
+        if self._workers:
+            terminate_tree(self._workers, grace=10.0)
+        strays = self._stray_executors()
+        if strays:
+            idents = [i for i in (_identity(p) for p in strays) if i]
+            _kill_identities(idents, signal.SIGKILL)
+            _wait_gone(idents, 10.0)
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
+
+    def _stray_executors(self) -> list[int]:
+        """Executor JVMs started by one of this cluster's workers (``--worker-url``), whoever
+        their parent is now."""
+        out = []
+        for pid in executor_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    args = fh.read().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if any(url in args for url in self._worker_urls):
+                out.append(pid)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
