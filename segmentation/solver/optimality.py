@@ -53,13 +53,14 @@ def kkt_violations(penalty: FusedGroupPenalty, gamma: np.ndarray, delta: np.ndar
         if not penalty.penalized_segment[j]:
             out_g[j] = np.linalg.norm(G)
             continue
-        w = penalty.w_gamma[j]
+        w = penalty.gamma_weights(j, G.shape[0])[1:]
         v = np.empty_like(G)
         v[0] = abs(G[0])
         gj = gamma[j, 1:]
         nz = gj != 0
-        rest = np.where(nz, np.abs(G[1:] + w * np.sign(gj)) if np.isfinite(w) else np.inf,
-                        np.maximum(np.abs(G[1:]) - w, 0.0))
+        with np.errstate(invalid="ignore"):
+            on = np.where(np.isfinite(w), np.abs(G[1:] + np.where(np.isfinite(w), w, 0.0) * np.sign(gj)), np.inf)
+        rest = np.where(nz, on, np.maximum(np.abs(G[1:]) - w, 0.0))
         v[1:] = rest
         out_g[j] = np.linalg.norm(v)
     K = g_delta.shape[0]

@@ -53,7 +53,7 @@ import numpy as np
 
 from segmentation.errors import ConvergenceWarning, SeparationError
 from segmentation.solver.optimality import kkt_residual
-from segmentation.solver.penalty import FusedGroupPenalty, to_beta
+from segmentation.solver.penalty import FusedGroupPenalty, PenaltyWeights, to_beta
 from segmentation.solver.separation import (SLOW_ETA, SeparationMonitor,
                                             check_degenerate_responses)
 from segmentation.solver.structure import SegmentStructure
@@ -95,6 +95,7 @@ class Problem:
     include: np.ndarray | None = None      # (F,) bool training folds; None = all
     warm_start: object = None              # (gamma, delta) or a FitResult
     label: str = ""
+    weights: PenaltyWeights | None = None  # per-block penalty factors (penalty.py); None = 1
 
 
 def _theta_from(warm_start, m: int, K: int, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +121,7 @@ class ProxNewton:
     def __init__(self, structure: SegmentStructure, lam: float, alpha: float, n_features: int,
                  tol: float = 1e-6, max_iter: int = 50, warm_start=None, *,
                  train_counts=None, train_positives=None, label: str = "",
-                 curvature: str = "full"):
+                 curvature: str = "full", weights: PenaltyWeights | None = None):
         self.structure = structure
         # "full": tell() takes (K, p, p) Hessians; "diagonal": (K, p) Hessian diagonals and the
         # model uses the diagonal metric (proximal quasi-Newton, ``solver/curvature.py``)
@@ -130,7 +131,7 @@ class ProxNewton:
         self.gamma_prev = self.delta_prev = None
         self._round_ref, self._round_count = None, 0
         self._rounding_trial = False
-        self.penalty = FusedGroupPenalty(structure, lam, alpha)
+        self.penalty = FusedGroupPenalty(structure, lam, alpha, weights)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.label = label
@@ -415,7 +416,8 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
         states.append(ProxNewton(
             structure, pr.lam, pr.alpha, oracle.n_features, tol=tol, max_iter=max_iter,
             warm_start=pr.warm_start, train_counts=inc.astype(float) @ oracle.counts,
-            train_positives=inc.astype(float) @ oracle.positives, label=name, curvature=mode))
+            train_positives=inc.astype(float) @ oracle.positives, label=name, curvature=mode,
+            weights=pr.weights))
     while True:
         asks = [(i, s.ask()) for i, s in enumerate(states) if not s.done]
         if not asks:
@@ -436,9 +438,10 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
 
 def fit(oracle, structure: SegmentStructure, lam: float, alpha: float, *, include=None,
         warm_start=None, tol: float = 1e-6, max_iter: int = 50, label: str = "",
-        curvature: str = "auto") -> FitResult:
+        curvature: str = "auto", weights: PenaltyWeights | None = None) -> FitResult:
     """Fit one problem by proximal Newton (one oracle pass per trial point); ``curvature`` as
-    in ``fit_many``."""
+    in ``fit_many``; ``weights`` per-block penalty factors (``penalty.PenaltyWeights``)."""
     return fit_many(oracle, structure,
-                    [Problem(lam, alpha, include=include, warm_start=warm_start, label=label)],
+                    [Problem(lam, alpha, include=include, warm_start=warm_start, label=label,
+                             weights=weights)],
                     tol=tol, max_iter=max_iter, label=label, curvature=curvature)[0]

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.solver.penalty import FusedGroupPenalty, soft_threshold
+from segmentation.solver.penalty import FusedGroupPenalty, soft_threshold, weighted_l1
 
 DAMPING = 1e-10
 
@@ -124,42 +124,58 @@ def _wnorm(w: float, v: float) -> float:
     return 0.0 if v == 0.0 else w * v
 
 
-def lasso_exact(M: np.ndarray, c: np.ndarray, w: float, x0: np.ndarray,
+def _l1_weights(w, p: int) -> np.ndarray:
+    """(p,) L1 weights from a scalar (every coefficient but the intercept) or a vector;
+    entry 0 (the intercept) is always 0."""
+    wv = np.full(p, float(w)) if np.ndim(w) == 0 else np.array(w, dtype=np.float64).reshape(-1)
+    if wv.shape != (p,):
+        raise ValueError(f"L1 weights must be a scalar or ({p},); got shape {wv.shape}")
+    wv[0] = 0.0
+    return wv
+
+
+def lasso_exact(M: np.ndarray, c: np.ndarray, w, x0: np.ndarray,
                 max_iter: int | None = None) -> np.ndarray:
-    """argmin_x c'x + 1/2 x'Mx + w ||x[1:]||_1 (M positive definite, x[0] unpenalised).
+    """argmin_x c'x + 1/2 x'Mx + sum_{k>=1} w_k |x_k| (M positive definite, x[0] unpenalised;
+    ``w`` a scalar for every k >= 1 or a (p,) vector; w_k = inf fixes x_k = 0).
 
     Feature-sign search (Lee, Battle, Raina & Ng 2007), an active-set method that is exact and
     finite: on the active set with signs theta fixed, the problem is an unconstrained
     quadratic, solved by one linear solve; a line search over the zero crossings between the
     current point and that solution keeps the true objective strictly decreasing (zero
-    crossings become exact zeros); inactive coordinates violating |grad_k| <= w are activated
+    crossings become exact zeros); inactive coordinates violating |grad_k| <= w_k are activated
     one at a time with theta_k = -sign(grad_k). Stops when the KKT conditions hold to
-    rounding (|grad_k + w theta_k| ~ 0 on the support, |grad_k| <= w off it). A cyclic
-    coordinate step is the safeguard if a step makes no progress.
+    rounding (|grad_k + w_k theta_k| ~ 0 on the support, |grad_k| <= w_k off it). A cyclic
+    coordinate step is the safeguard if a step makes no progress. Coordinates with w_k = inf
+    are removed first (the problem on the others is the same lasso).
     """
     p = len(c)
-    pen = np.ones(p, dtype=bool)
-    pen[0] = False
-    if np.isinf(w):
+    wv = _l1_weights(w, p)
+    fixed = np.isinf(wv)
+    if np.any(fixed):
+        keep = np.flatnonzero(~fixed)
         x = np.zeros(p)
-        x[0] = -c[0] / M[0, 0]
+        x[keep] = lasso_exact(M[np.ix_(keep, keep)], np.asarray(c)[keep], wv[keep],
+                              np.asarray(x0)[keep], max_iter)
         return x
-    if w == 0.0:
+    pen = wv > 0
+    if not np.any(pen):
         return -np.linalg.solve(M, c)
+    w = wv
 
     def f(x):
-        return float(c @ x + 0.5 * x @ M @ x + w * np.abs(x[1:]).sum())
+        return float(c @ x + 0.5 * x @ M @ x + np.sum(w * np.abs(x)))
 
     x = np.array(x0, dtype=np.float64, copy=True)
     theta = np.where(pen, np.sign(x), 0.0)
-    scale = w + np.max(np.abs(c)) + np.max(np.abs(M)) * np.max(np.abs(x))
+    scale = np.max(w) + np.max(np.abs(c)) + np.max(np.abs(M)) * np.max(np.abs(x))
     gtol = 1e-11 * scale
     fx = f(x)
     for _ in range(max_iter or 20 * p + 50):
         active = ~pen | (theta != 0)
         A = np.flatnonzero(active)
         xn = np.zeros(p)
-        xn[A] = np.linalg.solve(M[np.ix_(A, A)], -(c[A] + w * theta[A]))
+        xn[A] = np.linalg.solve(M[np.ix_(A, A)], -(c[A] + w[A] * theta[A]))
         consistent = np.all(np.sign(xn[A]) == theta[A], where=pen[A]) if A.size else True
         step = xn - x
         ts = [1.0]
@@ -183,8 +199,8 @@ def lasso_exact(M: np.ndarray, c: np.ndarray, w: float, x0: np.ndarray,
             for k in range(p):
                 a = M[k, k]
                 z = x[k] - grad[k] / a
-                if k > 0:
-                    z = float(soft_threshold(z, w / a))
+                if pen[k]:
+                    z = float(soft_threshold(z, w[k] / a))
                 if z != x[k]:
                     grad += M[:, k] * (z - x[k])
                     x[k] = z
@@ -270,7 +286,7 @@ class QuadraticModel:
         v = float(np.sum(self.g[idx] * db) + 0.5 * np.einsum("ki,kij,kj->", db, self.H[idx], db))
         for i, c in enumerate(idx):
             v += _wnorm(pen.w_delta[c], float(np.linalg.norm(D[i])))
-        return v + _wnorm(pen.w_gamma[j], float(np.abs(gam[1:]).sum()))
+        return v + weighted_l1(pen.gamma_weights(j, len(gam)), gam)
 
     def _segment_residual(self, j: int, gam: np.ndarray, D: np.ndarray, r: np.ndarray) -> float:
         pen = self.penalty
@@ -278,7 +294,7 @@ class QuadraticModel:
         R = r.sum(axis=0)
         step = gam - R
         pg = step.copy()
-        pg[1:] = soft_threshold(step[1:], pen.w_gamma[j])
+        pg[1:] = soft_threshold(step[1:], pen.gamma_weights(j, len(gam))[1:])
         total = float(np.sum((gam - pg) ** 2))
         for i, c in enumerate(idx):
             if pen.free_creative[c]:
@@ -319,8 +335,8 @@ class QuadraticModel:
         """
         pen = self.penalty
         idx = self.members[j]
-        w1 = pen.w_gamma[j]
         gam = np.array(gam, dtype=np.float64, copy=True)
+        w1 = pen.gamma_weights(j, len(gam))
         D = self._deltas(j, gam)
         it = backtracks = 0
         while True:
@@ -334,7 +350,7 @@ class QuadraticModel:
             u = x - gam
             if np.linalg.norm(u) <= 1e-13 * (1.0 + np.linalg.norm(gam)):
                 break                                   # at rounding level: tol unreachable
-            l1 = lambda v: _wnorm(w1, float(np.abs(v[1:]).sum()))  # noqa: E731
+            l1 = lambda v: weighted_l1(w1, v)  # noqa: E731
             decrement = float(R @ u) + l1(x) - l1(gam)
             S0 = self._segment_value(j, gam, D)
             step = self._line_search(j, gam, x, S0, decrement)
@@ -349,8 +365,8 @@ class QuadraticModel:
         return self.g[idx] + np.einsum("kij,kj->ki", self.H[idx], db)
 
     def _gamma_newton_point(self, j: int, D: np.ndarray, R: np.ndarray, gam: np.ndarray,
-                            w1: float) -> np.ndarray:
-        """argmin_x R'(x - gam) + 1/2 (x - gam)'(B + mu A_j)(x - gam) + w1 ||x[1:]||_1."""
+                            w1: np.ndarray) -> np.ndarray:
+        """argmin_x R'(x - gam) + 1/2 (x - gam)'(B + mu A_j)(x - gam) + sum_k w1_k |x_k|."""
         M = self._reduced_hessian(j, D) + self.levenberg * self.A[j]
         return lasso_exact(M, R - M @ gam, w1, gam)
 
@@ -359,10 +375,12 @@ class QuadraticModel:
         idx = self.members[j]
         r = self._model_grad(idx, gt + Dt - self.beta0[idx])
         slope = float(r.sum(axis=0) @ u)
-        w1 = self.penalty.w_gamma[j]
-        if w1 > 0 and np.isfinite(w1):
-            z, v = gt[1:], u[1:]
-            slope += w1 * float(np.sum(np.where(z != 0, np.sign(z) * v, np.abs(v))))
+        w1 = self.penalty.gamma_weights(j, len(gt))[1:]
+        z, v = gt[1:], u[1:]
+        on = (w1 > 0) & (np.isfinite(w1) | (v != 0))   # inf weight: a move off zero costs inf
+        if np.any(on):
+            with np.errstate(invalid="ignore"):
+                slope += float(np.sum(w1[on] * np.where(z[on] != 0, np.sign(z[on]) * v[on], np.abs(v[on]))))
         return slope
 
     def _line_search(self, j: int, gam: np.ndarray, x: np.ndarray, S0: float, decrement: float):
@@ -419,10 +437,11 @@ class QuadraticModel:
 
 
 # ---- diagonal metric (large p) -------------------------------------------------------------
-def lasso_lowrank(dm: np.ndarray, L: np.ndarray, c: np.ndarray, w: float,
+def lasso_lowrank(dm: np.ndarray, L: np.ndarray, c: np.ndarray, w,
                   max_iter: int = 100) -> np.ndarray:
-    """argmin_x c'x + 1/2 x'(diag(dm) - L L')x + w ||x[1:]||_1, for dm > 0 and L (p, r) with
-    diag(dm) - L L' positive definite (x[0] unpenalised).
+    """argmin_x c'x + 1/2 x'(diag(dm) - L L')x + sum_{k>=1} w_k |x_k|, for dm > 0 and L (p, r)
+    with diag(dm) - L L' positive definite (x[0] unpenalised; ``w`` scalar or (p,) vector,
+    w_k = inf fixes x_k = 0).
 
     Exact in O(p r^2) per iteration, without forming a p x p matrix. Since
     -1/2 ||L'x||^2 = min_nu 1/2 ||nu||^2 + nu'L'x, the problem is min over (x, nu); for fixed nu
@@ -440,21 +459,21 @@ def lasso_lowrank(dm: np.ndarray, L: np.ndarray, c: np.ndarray, w: float,
     c = np.asarray(c, dtype=np.float64)
     p = len(c)
     r = L.shape[1]
-    if np.isinf(w):
+    if np.ndim(w) == 0 and np.isinf(w):
         x = np.zeros(p)
         x[0] = -c[0] / (dm[0] - float(L[0] @ L[0]))
         return x
+    w = _l1_weights(w, p)
 
     def x_of(nu):
         q = c + L @ nu if r else c.copy()
         x = -q / dm
-        if w > 0:
-            x[1:] = -soft_threshold(q[1:], w) / dm[1:]
+        x[1:] = -soft_threshold(q[1:], w[1:]) / dm[1:]
         x[x == 0.0] = 0.0               # +0.0, never -0.0 (fused beta equals gamma bit for bit)
         return q, x
 
     def g_of(nu, q, x):
-        return float(0.5 * nu @ nu + q @ x + 0.5 * np.sum(dm * x * x) + w * np.abs(x[1:]).sum())
+        return float(0.5 * nu @ nu + q @ x + 0.5 * np.sum(dm * x * x) + weighted_l1(w, x))
 
     nu = np.zeros(r)
     q, x = x_of(nu)
@@ -555,7 +574,7 @@ class DiagonalQuadraticModel(QuadraticModel):
         v = float(np.sum(self.g[idx] * db) + 0.5 * np.sum(self.h[idx] * db * db))
         for i, c in enumerate(idx):
             v += _wnorm(pen.w_delta[c], float(np.linalg.norm(D[i])))
-        return v + _wnorm(pen.w_gamma[j], float(np.abs(gam[1:]).sum()))
+        return v + weighted_l1(pen.gamma_weights(j, len(gam)), gam)
 
     def _reduced_lowrank(self, j: int, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """B = diag(b) - L L' (class docstring): returns (b, L)."""
@@ -584,7 +603,7 @@ class DiagonalQuadraticModel(QuadraticModel):
         return b, L
 
     def _gamma_newton_point(self, j: int, D: np.ndarray, R: np.ndarray, gam: np.ndarray,
-                            w1: float) -> np.ndarray:
+                            w1: np.ndarray) -> np.ndarray:
         b, L = self._reduced_lowrank(j, D)
         dm = b + self.levenberg * self.Adiag[j]
         Mg = dm * gam - (L @ (L.T @ gam) if L.shape[1] else 0.0)

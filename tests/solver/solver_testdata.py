@@ -25,8 +25,10 @@ def simulate(seed=0, n=500, p=5, mapping=None, free=(), spread=0.5, n_blocks=1):
     return st, oracle, (X, y, creative)
 
 
-def cvx_reference(st, data, lam, alpha):
-    """Solve the fused group lasso with cvxpy/Clarabel; returns (gamma, delta)."""
+def cvx_reference(st, data, lam, alpha, weights=None):
+    """Solve the fused group lasso with cvxpy/Clarabel; returns (gamma, delta). ``weights``
+    (``PenaltyWeights``) multiplies each block's term; an infinite factor becomes the
+    constraint that the block is zero."""
     cp = pytest.importorskip("cvxpy")
     X, y, creative = data
     n = len(y)
@@ -43,13 +45,22 @@ def cvx_reference(st, data, lam, alpha):
     pen = 0
     cons = []
     sizes = st.sizes
+    u = np.ones(K) if weights is None else weights.delta
+    v = np.ones((m, p)) if weights is None else weights.gamma
     for j in range(m):
         if not st.penalized[j]:
             cons += [delta[c] == 0 for c in st.creatives_of(j)]
             continue
         for c in st.creatives_of(j):
-            pen = pen + (1 - alpha) / sizes[j] * cp.norm(delta[c], 2)
-        pen = pen + alpha * cp.norm(gamma[j, 1:], 1)
+            if np.isinf(u[c]):
+                cons.append(delta[c] == 0)
+            elif u[c] > 0:
+                pen = pen + (1 - alpha) / sizes[j] * u[c] * cp.norm(delta[c], 2)
+        for k in range(1, p):
+            if np.isinf(v[j, k]):
+                cons.append(gamma[j, k] == 0)
+            elif v[j, k] > 0 and alpha > 0:
+                pen = pen + alpha * v[j, k] * cp.abs(gamma[j, k])
     prob = cp.Problem(cp.Minimize(loss + lam * pen), cons)
     prob.solve(solver="CLARABEL", tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9,
                max_iter=500)
