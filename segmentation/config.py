@@ -126,7 +126,7 @@ class ModelConfig(_Section):
 class CVConfig(_Section):
     folds: int = Field(5, ge=2, le=50)
     seed: int = 0
-    rule: Literal["min", "1se"] = "1se"
+    rule: Literal["min", "1se", "1se_unpaired"] = "1se"
 
 
 class OutputConfig(_Section):

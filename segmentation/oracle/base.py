@@ -61,7 +61,13 @@ class Oracle(abc.ABC):
         """One pass over the data for M models. ``include`` (M, F) defaults to all folds.
 
         ``curvature``: True/"full" (Hessians), "diagonal" (their diagonals, ``hess_diag``),
-        False/"none"."""
+        False/"none". ``heldout``: True adds held-out loss and AUC; "only" computes just those
+        (``loss``, ``grad`` and ``max_abs_eta`` are then nan: no training-row work at all)."""
+        only = isinstance(heldout, str)
+        if only and heldout != "only":
+            raise ValueError(f"heldout must be True, False or 'only'; got {heldout!r}")
+        if only and curvature not in (False, "none"):
+            raise ValueError("heldout='only' computes no curvature: pass curvature=False")
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim == 2:
             betas = betas[None]
@@ -78,6 +84,10 @@ class Oracle(abc.ABC):
         s = self._sums(betas, include, curvature, heldout, label)
         self.passes += 1
         scale = 1.0 / n_train
+        if only:
+            s.loss[:] = np.nan
+            s.grad[:] = np.nan
+            s.max_abs_eta = np.full_like(np.asarray(s.max_abs_eta, dtype=float), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             held = np.where(n_test > 0, s.heldout_loss / n_test, np.nan)
         return OracleResult(

@@ -16,9 +16,14 @@ Layout of one run (A alphas, F folds, a grid of n_lambda values per alpha):
    bitwise-equal coefficients, not by position, so this never depends on solver internals).
    Whatever was not matched (the last index, a stopped path) is evaluated in one final
    ``curvature=False, heldout=True`` pass for everything left.
-4. ``select`` applies the rule to the table (``min``: lowest mean held-out deviance; ``1se``:
-   the largest lambda whose mean is within one standard error of that minimum, over all
-   (lambda, alpha) points).
+4. ``select`` applies the rule to the table, over all (lambda, alpha) points: ``min``, the
+   lowest mean held-out deviance; ``1se`` (default), the largest lambda whose mean exceeds the
+   minimum by at most one standard error of the *paired* per-fold difference to the minimum
+   (``paired_deltas``); ``1se_unpaired``, glmnet's rule (within one standard error of the
+   minimum's own fold mean). Every grid point is fitted and scored on the same folds, so the
+   fold-to-fold spread of held-out deviance is mostly how hard each fold is, the same for every
+   lambda; the paired difference cancels it, and what is left is the cost of the model's extra
+   shrinkage or fusion measured against its own noise.
 
 Costs. Spark jobs: about (null-fit passes) + sum_k max_problem(passes at k) + 1, against the
 same minus the final pass for a path on the full data only (``folds=False``): close to 1x.
@@ -52,10 +57,11 @@ import numpy as np
 from segmentation.errors import SeparationError
 from segmentation.selection.grid import lambda_grid, null_fits
 from segmentation.selection.jobs import count_jobs
+from segmentation.selection.relax import RELAX_GRID, RelaxResult, blend, relax_path
 from segmentation.solver.prox_newton import FitResult, Problem, fit_many
 from segmentation.solver.structure import SegmentStructure
 
-RULES = ("min", "1se")
+RULES = ("min", "1se", "1se_unpaired")
 
 
 @dataclass
@@ -116,6 +122,8 @@ class CVResult:
     null_passes: int = 0
     heldout_extra_passes: int = 0            # passes spent only on held-out metrics
     steps: list[dict] = field(default_factory=list)
+    relax: RelaxResult | None = None         # relaxed refits and their scores (``relax.py``)
+    chosen_relax: float = 1.0                # g of the chosen model (1: the penalised fit)
 
     # ---- the chosen model ----------------------------------------------------------------
     @property
@@ -133,18 +141,41 @@ class CVResult:
         return self.chosen_point.alpha
 
     @property
-    def final_fit(self) -> FitResult:
-        """The full-data fit at the chosen (lambda, alpha), warm-started along its path."""
+    def penalised_fit(self) -> FitResult:
+        """The full-data penalised fit at the chosen (lambda, alpha), warm-started along its path."""
         return self.chosen_point.full
 
     @property
+    def final_fit(self) -> FitResult:
+        """The chosen model on all rows: the penalised fit at the chosen (lambda, alpha), blended
+        with its relaxed refit at the chosen g (``relax.blend``; g = 1: the penalised fit)."""
+        if self.chosen_relax >= 1.0:
+            return self.penalised_fit
+        return blend(self.penalised_fit, self.relax.refits[self.chosen][-1], self.chosen_relax,
+                     self._structure, label=f"relaxed g={self.chosen_relax:g}")
+
+    @property
     def fold_fits(self) -> list[FitResult]:
-        """fold_fits[f]: the fit on every fold but f at the chosen (lambda, alpha); fitting
+        """fold_fits[f]: the chosen model fitted on every fold but f (penalised at the chosen
+        (lambda, alpha), blended with that fold's own relaxed refit at the chosen g); fitting
         scale, full (K, p) ``beta`` / (m, p) ``gamma`` (for off-policy evaluation on fold f)."""
         folds = self.chosen_point.folds
         if folds is None:
             raise ValueError("a path-only run has no fold fits")
-        return folds
+        if self.chosen_relax >= 1.0:
+            return folds
+        refits = self.relax.refits[self.chosen]
+        return [blend(f_, r_, self.chosen_relax, self._structure) for f_, r_ in zip(folds, refits)]
+
+    _structure: SegmentStructure | None = None
+
+    def candidates(self) -> dict:
+        """Everything the rule chooses from: (a, k, g) -> a point with per-fold deviances;
+        g = 1 is the penalised grid point, g < 1 its relaxed blends."""
+        out: dict = {(a, k, 1.0): pt for (a, k), pt in self.points.items()}
+        if self.relax is not None:
+            out.update(self.relax.scored)
+        return out
 
     def path(self, alpha_index: int) -> list[PathPoint]:
         """The points of one alpha's path, by lambda index."""
@@ -164,7 +195,35 @@ class CVResult:
             if not any(a == ai for a, _ in self.points):
                 rows.append({"alpha_index": ai, "lambda_index": -1, "alpha": self.alphas[ai],
                              "lambda": math.nan, "chosen": False, "warning": msg})
-        rows.sort(key=lambda r: (r["alpha_index"], r["lambda_index"]))
+        for r in rows:
+            r["relax"] = 1.0
+            if r.get("chosen"):
+                r["chosen"] = self.chosen_relax >= 1.0
+        if self.relax is not None:
+            for (a, k, g), sp in sorted(self.relax.scored.items()):
+                full = self.points[(a, k)].full
+                pen_cr, pen_seg = _penalised(structure, full)
+                row = {"alpha_index": a, "lambda_index": k, "alpha": sp.alpha, "lambda": sp.lam,
+                       "lambda_ratio": sp.lam / self.lambda_max[a] if np.isfinite(self.lambda_max[a]) else math.nan,
+                       "relax": g}
+                for f in range(self.n_folds):
+                    row[f"deviance_fold{f}"] = float(sp.heldout_deviance[f])
+                for f in range(self.n_folds):
+                    row[f"auc_fold{f}"] = float(sp.heldout_auc[f])
+                row.update({"mean_deviance": sp.mean_deviance, "se_deviance": sp.se_deviance,
+                            "mean_auc": sp.mean_auc, "fused": int(np.sum(full.fused[pen_cr])),
+                            "n_penalised_creatives": int(np.sum(pen_cr)),
+                            "gamma_nonzero": int(np.count_nonzero(full.gamma[pen_seg, 1:])),
+                            "chosen": (a, k) == self.chosen and g == self.chosen_relax,
+                            "warning": ""})
+                rows.append(row)
+        best = best_point(self.candidates())
+        cands = self.candidates()
+        for r in rows:
+            pt = cands.get((r["alpha_index"], r["lambda_index"], r.get("relax", 1.0)))
+            diff, se = paired_delta(pt, best) if pt is not None else (math.nan, math.nan)
+            r["paired_diff"], r["paired_se"] = diff, se
+        rows.sort(key=lambda r: (r["alpha_index"], r["lambda_index"], -r.get("relax", 1.0)))
         return pd.DataFrame(rows)
 
     def write_table(self, path: str, structure: SegmentStructure | None = None) -> str:
@@ -175,6 +234,10 @@ class CVResult:
         """What ``model.json`` records under ``selection`` (the caller adds paths and run ids)."""
         out = {
             "rule": self.rule,
+            "relax": float(self.chosen_relax),
+            "relax_grid": None if self.relax is None else [float(g) for g in self.relax.grid],
+            "relax_light_lambda": None if self.relax is None or self.chosen is None
+            else self.relax.light.get(self.chosen[0]),
             "lambda": None if self.chosen is None else float(self.chosen_lambda),
             "alpha": None if self.chosen is None else float(self.chosen_alpha),
             "lambda_index": None if self.chosen is None else int(self.chosen[1]),
@@ -188,11 +251,19 @@ class CVResult:
             "seconds": round(float(self.seconds), 3),
         }
         if self.chosen is not None:
-            pt = self.chosen_point
+            pt = self.chosen_candidate
             out["mean_heldout_deviance"] = pt.mean_deviance
             out["se_heldout_deviance"] = pt.se_deviance
             out["mean_heldout_auc"] = pt.mean_auc
+            diff, se = paired_delta(pt, best_point(self.candidates()))
+            out["paired_diff_to_min"] = diff
+            out["paired_se_to_min"] = se
         return out
+
+    @property
+    def chosen_candidate(self):
+        """The chosen candidate (a PathPoint, or a relaxed ScoredPoint) with its deviances."""
+        return self.candidates()[(*self.chosen, self.chosen_relax)]
 
     def summary(self) -> str:
         n_pts = len(self.points)
@@ -202,10 +273,13 @@ class CVResult:
         if self.jobs is not None:
             s += f", {self.jobs} Spark jobs"
         s += f", {self.seconds:.1f}s"
+        if self.relax is not None:
+            s += (f"; relaxed refits: {self.relax.refit_problems} patterns, {self.relax.passes} passes")
         if self.chosen is not None:
-            pt = self.chosen_point
+            pt = self.chosen_candidate
+            relax = "" if self.relax is None else f", relax g={self.chosen_relax:g}"
             s += (f"; chosen by rule {self.rule}: alpha={pt.alpha:g} lambda={pt.lam:.4g} "
-                  f"(index {pt.lambda_index}), held-out deviance {pt.mean_deviance:.6f} "
+                  f"(index {pt.lambda_index}){relax}, held-out deviance {pt.mean_deviance:.6f} "
                   f"+- {pt.se_deviance:.6f}, AUC {pt.mean_auc:.4f}")
         return s
 
@@ -251,24 +325,64 @@ def _penalised(structure, fit: FitResult):
 
 
 # ---- the selection rule ------------------------------------------------------------------
-def select(points: dict[tuple[int, int], PathPoint], rule: str) -> tuple[int, int] | None:
-    """Apply ``min`` or ``1se`` over all (alpha, lambda) points with a finite mean deviance.
+def _relax_of(pt) -> float:
+    return float(getattr(pt, "relax", 1.0))
+
+
+def best_point(points: dict) -> PathPoint | None:
+    """The point of lowest mean held-out deviance (ties: larger lambda, then larger alpha,
+    then less relaxed)."""
+    ok = [pt for pt in points.values() if np.isfinite(pt.mean_deviance)]
+    if not ok:
+        return None
+    return min(ok, key=lambda pt: (pt.mean_deviance, -pt.lam, -pt.alpha, -_relax_of(pt)))
+
+
+def paired_delta(pt: PathPoint, best: PathPoint | None) -> tuple[float, float]:
+    """(mean, standard error) over folds of d_f = dev_f(pt) - dev_f(best).
+
+    The folds are shared by every grid point, so d_f is a paired difference: fold difficulty
+    cancels. SE = sd(d_f, ddof=1) / sqrt(F); (0, 0) for the best point itself; nan when a
+    fold's deviance is missing or there are fewer than 2 folds."""
+    if best is None:
+        return math.nan, math.nan
+    d = np.asarray(pt.heldout_deviance, float) - np.asarray(best.heldout_deviance, float)
+    if d.size == 0 or not np.all(np.isfinite(d)):
+        return math.nan, math.nan
+    return float(np.mean(d)), _se(d)
+
+
+def select(points: dict, rule: str):
+    """Apply a rule over all (alpha, lambda) points with a finite mean deviance (or over all
+    (alpha, lambda, g) candidates of ``CVResult.candidates``; the key of the chosen one is
+    returned). Among candidates with the same lambda (relaxed blends of one grid point), the
+    rule takes the lowest mean deviance: lambda decides the pattern, g only the shrinkage.
 
     min: lowest mean held-out deviance (ties: larger lambda, then larger alpha).
-    1se: threshold = that minimum + its standard error (sd over folds / sqrt(F)); among all
-    points with mean <= threshold, the one with the largest lambda (ties: lower mean).
+    1se (paired): among points q with mean_f(d_f) <= SE(d_f), d_f = dev_f(q) - dev_f(min) (see
+    ``paired_delta``), the one with the largest lambda (ties: lower mean deviance).
+    1se_unpaired (glmnet's rule): threshold = minimum + its standard error (sd over folds of
+    the minimum's deviances / sqrt(F)); among points with mean <= threshold, the largest lambda.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     ok = [(key, pt) for key, pt in points.items() if np.isfinite(pt.mean_deviance)]
     if not ok:
         return None
-    best_key, best = min(ok, key=lambda kp: (kp[1].mean_deviance, -kp[1].lam, -kp[1].alpha))
+    best_key, best = min(ok, key=lambda kp: (kp[1].mean_deviance, -kp[1].lam, -kp[1].alpha,
+                                             -_relax_of(kp[1])))
     if rule == "min":
         return best_key
-    se = best.se_deviance if np.isfinite(best.se_deviance) else 0.0
-    threshold = best.mean_deviance + se
-    within = [(key, pt) for key, pt in ok if pt.mean_deviance <= threshold]
+    if rule == "1se":
+        within = []
+        for key, pt in ok:
+            diff, se = paired_delta(pt, best)
+            if pt is best or (np.isfinite(diff) and diff <= (se if np.isfinite(se) else 0.0)):
+                within.append((key, pt))
+    else:
+        se = best.se_deviance if np.isfinite(best.se_deviance) else 0.0
+        threshold = best.mean_deviance + se
+        within = [(key, pt) for key, pt in ok if pt.mean_deviance <= threshold]
     return max(within, key=lambda kp: (kp[1].lam, -kp[1].mean_deviance))[0]
 
 
@@ -316,7 +430,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
                    progress: Callable[[str], None] | None = print, spark=None,
                    name: str = "cv", on_point: Callable[[dict], None] | None = None,
-                   curvature: str = "auto") -> CVResult:
+                   curvature: str = "auto", relax=RELAX_GRID) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -326,6 +440,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     the baseline a cross-validation's cost is compared with. ``progress`` gets one line per
     lambda index (None: silent). ``on_point`` (cross-validation only) gets each grid point's
     table row (``point_row``; ``chosen`` still False) as soon as its held-out metrics are in,
+    ``relax``: the relaxation values g of ``relax.py`` (None or empty: no relaxed refits; the
+    rule then chooses among the penalised grid points only),
     while Spark computes the next lambda (MLflow child runs are logged from there, in the
     shadow of the passes); an exception in it is reported once and the hook dropped.
     ``spark`` defaults to ``oracle.spark`` when it has one; jobs
@@ -348,12 +464,18 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
                    max_iter, say, name, passes0, on_point, curvature)
+        res._structure = structure
+        if F and relax is not None and len(relax) and any(g < 1 for g in relax):
+            res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
+                                   curvature=curvature, say=say, name=name)
     res.jobs = jc.jobs if spark is not None else None
     res.job_group = jc.group if spark is not None else None
     res.passes = oracle.passes - passes0
     if F:
         res.rule = rule
-        res.chosen = select(res.points, rule)
+        key = select(res.candidates(), rule)
+        if key is not None:
+            res.chosen, res.chosen_relax = (key[0], key[1]), float(key[2])
     res.seconds = time.time() - t0
     return res
 
@@ -532,7 +654,7 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         keys = sorted(left)
         betas = np.stack([left[key][1] for key in keys])
         include = np.stack([left[key][0] for key in keys])
-        r = oracle.evaluate(betas, include, curvature=False, heldout=True,
+        r = oracle.evaluate(betas, include, curvature=False, heldout="only",
                             label=f"{name}: held-out metrics of the last lambda ({len(keys)} fold models)")
         heldout_extra += 1
         for i, key in enumerate(keys):
