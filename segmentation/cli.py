@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--output", required=True, help="output Parquet path")
     a.add_argument("--format", default=None, help="input format (default: from the path)")
     a.add_argument("--user-col", default=None, help="user id column (default: the model's)")
+    a.add_argument("--fit", default="relaxed", choices=["relaxed", "penalized"],
+                   help="coefficients to assign with: the chosen (relaxed) model, or the penalised "
+                        "fit it was refitted from (default: relaxed)")
 
     e = sub.add_parser("evaluate", help="off-policy evaluation of a fitted model against baselines "
                                           "(writes evaluation.json/.md/.png next to model.json)")
@@ -100,7 +103,8 @@ def cmd_fit(args) -> int:
 def cmd_assign(args) -> int:
     from segmentation.workflow import run_assign
 
-    run_assign(args.model, args.input, args.output, fmt=args.format, user_col=args.user_col)
+    run_assign(args.model, args.input, args.output, fmt=args.format, user_col=args.user_col,
+               fit=args.fit)
     return 0
 
 

@@ -127,6 +127,30 @@ class CVConfig(_Section):
     folds: int = Field(5, ge=2, le=50)
     seed: int = 0
     rule: Literal["min", "1se", "1se_unpaired"] = "1se"
+    # relaxed refits (selection/relax.py): the blend values g tried at every grid point;
+    # true = the default grid, false or [] = no relaxation
+    relax: Union[bool, list[float]] = True
+
+    @field_validator("relax")
+    @classmethod
+    def _relax(cls, v):
+        if isinstance(v, bool):
+            return v
+        for x in v:
+            if not (0.0 <= float(x) <= 1.0):
+                raise ValueError(f"relaxation values must lie in [0, 1] (got {x})")
+        return [float(x) for x in v]
+
+    @property
+    def relax_grid(self) -> tuple[float, ...]:
+        """The g values to try; () when relaxation is off."""
+        from segmentation.selection.relax import RELAX_GRID
+
+        if self.relax is True:
+            return RELAX_GRID
+        if self.relax is False:
+            return ()
+        return tuple(sorted(set(self.relax) | {1.0}))
 
 
 class OutputConfig(_Section):

@@ -9,6 +9,12 @@ vectors to equal vectors, so fusion holds on both scales.
 
 Users are assigned to ``argmax_j gamma_j . x`` over the assignable segments (a control arm is
 never assigned).
+
+A cross-validated model may be *relaxed* (``selection/relax.py``): its coefficients are then
+g * penalised + (1 - g) * refit on the penalised fit's pattern, with g = ``relax`` chosen by the
+CV (1: the penalised fit itself). The penalised fit is kept beside it (``penalized``, the same
+keys as the main coefficients) and ``with_fit("penalized")`` gives that model; ``assign`` uses
+the main (relaxed) coefficients unless asked otherwise.
 """
 from __future__ import annotations
 
@@ -42,6 +48,25 @@ class SegmentationModel:
     data: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
     segment_shares: dict[str, float] | None = None
+    relax: float = 1.0                        # g of the relaxed blend (1: the penalised fit)
+    penalized: dict[str, np.ndarray] | None = None  # the penalised fit when relax < 1
+    evidence: dict[str, Any] | None = None    # out-of-fold calibration and fusion tests
+
+    FITS = ("relaxed", "penalized")
+
+    def with_fit(self, which: str = "relaxed") -> "SegmentationModel":
+        """This model with the coefficients of ``which``: "relaxed" (the chosen model, the
+        default) or "penalized" (the penalised fit at the chosen (lambda, alpha); the same
+        model when no relaxation was chosen)."""
+        if which not in self.FITS:
+            raise ValueError(f"fit must be one of {self.FITS}, got {which!r}")
+        if which == "relaxed" or self.penalized is None:
+            return self
+        from dataclasses import replace
+
+        pen = self.penalized
+        return replace(self, gamma=pen["gamma"], beta=pen["beta"], gamma_fit=pen["gamma_fit"],
+                       beta_fit=pen["beta_fit"], fused=pen["fused"], relax=1.0, penalized=None)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -114,6 +139,15 @@ class SegmentationModel:
             "fit": self.fit,
             "data": self.data,
             "selection": self.selection,
+            "relax": float(self.relax),
+            "penalized": None if self.penalized is None else {
+                "gamma": [_floats(g) for g in self.penalized["gamma"]],
+                "beta": [_floats(b) for b in self.penalized["beta"]],
+                "gamma_fit": [_floats(g) for g in self.penalized["gamma_fit"]],
+                "beta_fit": [_floats(b) for b in self.penalized["beta_fit"]],
+                "fused": [bool(x) for x in self.penalized["fused"]],
+            },
+            "evidence": self.evidence,
         }
 
     @classmethod
@@ -141,6 +175,10 @@ class SegmentationModel:
             selection=d.get("selection"),
             segment_shares={s["name"]: s["share_users"] for s in d["segments"]
                             if s.get("share_users") is not None} or None,
+            relax=float(d.get("relax", 1.0)),
+            penalized=None if not d.get("penalized") else {
+                k: np.array(v, dtype=bool if k == "fused" else float) for k, v in d["penalized"].items()},
+            evidence=d.get("evidence"),
         )
 
     def save(self, model_dir: str) -> str:

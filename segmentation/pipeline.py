@@ -174,16 +174,24 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
         "constant_covariates": list(rep.constant_covariates),
         "warnings": list(rep.warnings),
     }
+    pen_coefs = None
+    if relaxed:
+        fit_info["relaxed"] = dict(relaxed_info or {}, relax=float(relax))
+        pen_coefs = {"gamma": enc.to_original_scale(result.gamma), "beta": enc.to_original_scale(result.beta),
+                     "gamma_fit": np.asarray(result.gamma), "beta_fit": np.asarray(result.beta),
+                     "fused": np.asarray(result.fused, dtype=bool)}
     return SegmentationModel(
         features=list(enc.feature_names),
         segments=list(st.segments),
         creatives=list(st.creatives),
         segment_of=list(st.segment_of),
-        gamma=enc.to_original_scale(result.gamma),
-        beta=enc.to_original_scale(result.beta),
-        gamma_fit=np.asarray(result.gamma),
-        beta_fit=np.asarray(result.beta),
-        fused=np.asarray(result.fused, dtype=bool),
+        gamma=enc.to_original_scale(chosen.gamma),
+        beta=enc.to_original_scale(chosen.beta),
+        gamma_fit=np.asarray(chosen.gamma),
+        beta_fit=np.asarray(chosen.beta),
+        fused=np.asarray(chosen.fused, dtype=bool),
+        relax=float(relax) if relaxed else 1.0,
+        penalized=pen_coefs,
         lam=float(lam),
         alpha=float(alpha),
         encoding=enc.to_dict(),
@@ -217,13 +225,22 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
     cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
                         tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
-                        on_point=on_point, curvature=m.curvature)
+                        on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")
     selection = cv.selection_info()
     selection.update({"seed": int(cfg.cv.seed), "cv_table": CV_TABLE_NAME, "mlflow_run_id": None})
-    model = to_model(prepared, cv.final_fit, cfg, cv.chosen_lambda, cv.chosen_alpha, selection=selection)
+    relaxed_info = None
+    if cv.chosen_relax < 1.0:
+        refit = cv.relax.refits[cv.chosen][-1]
+        relaxed_info = {"light_lambda": float(cv.relax.light[cv.chosen[0]]),
+                        "refit_objective": float(refit.objective),
+                        "refit_optimality_residual": float(refit.residual),
+                        "refit_converged": bool(refit.converged),
+                        "refit_iterations": int(refit.n_iter)}
+    model = to_model(prepared, cv.final_fit, cfg, cv.chosen_lambda, cv.chosen_alpha, selection=selection,
+                     penalised=cv.penalised_fit, relax=cv.chosen_relax, relaxed_info=relaxed_info)
     return cv, model
 
 

@@ -115,11 +115,11 @@ def evaluate_fitted(spark, cfg: SegmentConfig, model: SegmentationModel, prepare
 
 
 def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
-               user_col: str | None = None, spark=None) -> None:
+               user_col: str | None = None, spark=None, fit: str = "relaxed") -> None:
     from segmentation.data.read import read_exposures
     from segmentation.policy.assign import assign_segments, write_parquet_atomic
 
-    model = SegmentationModel.load(model_dir)
+    model = SegmentationModel.load(model_dir).with_fit(fit)
     spark = spark or spark_for(None, app_name="segmentation-assign")
     df = read_exposures(spark, source, fmt)
     user_col = user_col or model.data.get("user_col") or "user_id"
@@ -171,6 +171,12 @@ def format_summary(model: SegmentationModel, seconds: float | None = None) -> st
         f"optimality residual {f.get('optimality_residual', float('nan')):.2e} "
         f"({'converged' if f.get('converged') else 'NOT converged'}) after {f.get('iterations')} iterations, "
         f"{f.get('passes')} data passes" + (f", {seconds:.1f}s" if seconds is not None else ""),
+    ]
+    if model.relax < 1.0:
+        lines.append(f"relaxed refit on that fit's pattern (fused creatives and zeros of gamma kept): "
+                     f"coefficients = {model.relax:g} x penalised + {1 - model.relax:g} x refit "
+                     f"(chosen by cross-validation; 'segment assign --fit penalized' for the penalised fit)")
+    lines += [
         f"{'segment':<20} {'fused/n_j':>9} {'nonzero covariates':>19} {'share of users':>15}",
     ]
     shares = model.segment_shares or {}

@@ -6,6 +6,11 @@ but f.
 All 2F problems share oracle passes (``fit_many``); the segmentation fits start from the full
 model (close to every fold's solution, so a few Newton iterations each), the null fits from
 pooled log-odds. The pass count is the largest of the problems', not their sum.
+
+A relaxed model (``model.relax`` = g < 1, ``selection/relax.py``) is cross-fitted the way it
+was made: each fold's penalised fit is refitted on its own pattern at the model's light
+penalty, and the fold model is the blend g * penalised + (1 - g) * refit (F more problems,
+sharing their passes).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segmentation.errors import DataValidationError, SeparationError
+from segmentation.selection.relax import blend, relax_problems
 from segmentation.solver.prox_newton import Problem, fit_many
 
 log = logging.getLogger(__name__)
@@ -33,7 +39,8 @@ class CrossFit:
 
 
 def warm_start_from(model, encoding) -> tuple[np.ndarray, np.ndarray]:
-    """(gamma, delta) of the full model on ``encoding``'s fitting scale."""
+    """(gamma, delta) of the full model's penalised fit on ``encoding``'s fitting scale."""
+    model = model.with_fit("penalized")
     if model.encoding == encoding.to_dict():
         gamma, beta = np.asarray(model.gamma_fit), np.asarray(model.beta_fit)
     else:
@@ -90,14 +97,23 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50) -> Cross
         problems = problems[:F]
         res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter,
                        label="evaluation crossfit")
+    fold_models = list(res[:F])
+    if model.relax < 1.0:
+        light = float(model.fit["relaxed"]["light_lambda"])
+        rel_probs = relax_problems(fold_models, [np.arange(F) != f for f in range(F)], model.alpha,
+                                   light, [f"crossfit fold {f} relaxed refit" for f in range(F)])
+        refits = fit_many(prepared.oracle, st, rel_probs, tol=tol, max_iter=max_iter,
+                          label="evaluation crossfit: relaxed refits")
+        problems, res = [*problems, *rel_probs], [*res, *refits]
+        fold_models = [blend(p_, r_, model.relax, st) for p_, r_ in zip(fold_models, refits)]
     seconds = time.time() - t0
     passes = prepared.oracle.passes - before
     info = [{"label": pr.label, "converged": bool(r.converged), "iterations": int(r.n_iter),
              "passes": int(r.n_passes), "residual": float(r.residual)} for pr, r in zip(problems, res)]
     log.info("cross-fitted %d fold models in %d shared passes (%.1fs)", len(problems), passes, seconds)
     return CrossFit(
-        beta=np.stack([r.beta for r in res[:F]]),
-        gamma=np.stack([r.gamma for r in res[:F]]),
-        null_gamma=np.stack([r.gamma for r in res[F:]]) if skipped is None else None,
+        beta=np.stack([r.beta for r in fold_models]),
+        gamma=np.stack([r.gamma for r in fold_models]),
+        null_gamma=np.stack([r.gamma for r in res[F:2 * F]]) if skipped is None else None,
         info=info, passes=int(passes), seconds=float(seconds), skipped=skipped,
     )

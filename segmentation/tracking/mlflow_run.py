@@ -179,7 +179,7 @@ class FitTracker:
                    ("gamma_nonzero", int(np.count_nonzero(np.asarray(model.gamma_fit)[:, 1:])), 0)]
         params = {"chosen.lambda": repr(float(model.lam)), "chosen.alpha": repr(float(model.alpha))}
         if cv is not None and cv.chosen is not None:
-            pt = cv.chosen_point
+            pt = cv.chosen_candidate
             metrics += [("cv_mean_heldout_deviance", pt.mean_deviance, 0),
                         ("cv_se_heldout_deviance", pt.se_deviance, 0),
                         ("cv_mean_heldout_auc", pt.mean_auc, 0), ("cv_passes", cv.passes, 0),
@@ -188,6 +188,7 @@ class FitTracker:
                 metrics.append(("cv_spark_jobs", cv.jobs, 0))
             params["chosen.rule"] = cv.rule
             params["chosen.lambda_index"] = int(cv.chosen[1])
+            params["chosen.relax"] = repr(float(cv.chosen_relax))
         metrics += [(k, v, 0) for k, v in (extra_metrics or {}).items()]
         self._log(params=params, metrics=metrics)
         with tempfile.TemporaryDirectory(prefix="segmentation-mlflow-") as tmp:
@@ -195,7 +196,7 @@ class FitTracker:
             os.makedirs(plot_dir)
             if cv is not None and cv.chosen is not None:
                 plots.cv_curve(cv.table(structure), os.path.join(plot_dir, "cv_curve.png"),
-                               chosen=(cv.chosen_lambda, cv.chosen_alpha), rule=cv.rule)
+                               chosen=(cv.chosen_lambda, cv.chosen_alpha, cv.chosen_relax), rule=cv.rule)
             plots.gamma_heatmap(model, os.path.join(plot_dir, "gamma_heatmap.png"))
             plots.fusion_map(model, os.path.join(plot_dir, "fusion_map.png"))
             self.client.log_artifacts(self.run_id, plot_dir, "plots")

@@ -13,20 +13,33 @@ def _plt():
     return plt
 
 
-def cv_curve(table, path: str, chosen: tuple[float, float] | None = None, rule: str | None = None) -> str:
-    """Mean held-out deviance vs log(lambda), one line per alpha with SE bars; chosen point marked."""
+def cv_curve(table, path: str, chosen: tuple | None = None, rule: str | None = None) -> str:
+    """Mean held-out deviance vs log(lambda), one line per alpha with SE bars (penalised fits),
+    and dashed, the best relaxed blend at each lambda when the table has relaxed rows; the
+    chosen (lambda, alpha[, relax]) marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for alpha, g in table.groupby("alpha", sort=True):
+    relax = table["relax"] if "relax" in table.columns else np.ones(len(table))
+    pen, rel = table[relax == 1.0], table[relax < 1.0]
+    for i, (alpha, g) in enumerate(pen.groupby("alpha", sort=True)):
         g = g.sort_values("lambda")
+        color = f"C{i % 10}"
         ax.errorbar(np.log10(g["lambda"]), g["mean_deviance"], yerr=g["se_deviance"], marker="o",
-                    ms=3, capsize=2, lw=1, label=f"alpha={alpha:g}")
+                    ms=3, capsize=2, lw=1, color=color, label=f"alpha={alpha:g}")
+        r = rel[rel["alpha"] == alpha]
+        if len(r):
+            best = r.loc[r.groupby("lambda")["mean_deviance"].idxmin()].sort_values("lambda")
+            ax.plot(np.log10(best["lambda"]), best["mean_deviance"], ls="--", lw=1, color=color,
+                    label=f"alpha={alpha:g}, best relaxed")
     if chosen is not None:
-        lam, alpha = chosen
-        row = table[(table["alpha"] == alpha) & np.isclose(table["lambda"], lam, rtol=1e-12, atol=0)]
+        lam, alpha = chosen[0], chosen[1]
+        g = chosen[2] if len(chosen) > 2 else 1.0
+        row = table[(table["alpha"] == alpha) & np.isclose(table["lambda"], lam, rtol=1e-12, atol=0)
+                    & (relax == g)]
         if len(row):
             ax.plot(np.log10(lam), row["mean_deviance"].iloc[0], marker="*", ms=16, color="k",
-                    ls="none", label=f"chosen ({rule or 'rule'}): alpha={alpha:g}, lambda={lam:.3g}")
+                    ls="none", label=f"chosen ({rule or 'rule'}): alpha={alpha:g}, lambda={lam:.3g}"
+                                     + (f", relax {g:g}" if g < 1 else ""))
     ax.set_xlabel("log10(lambda)")
     ax.set_ylabel("mean held-out deviance (log loss per row)")
     ax.set_title("Cross-validation curve (bars: one standard error over folds)")
