@@ -241,7 +241,17 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
                         "refit_iterations": int(refit.n_iter)}
     model = to_model(prepared, cv.final_fit, cfg, cv.chosen_lambda, cv.chosen_alpha, selection=selection,
                      penalised=cv.penalised_fit, relax=cv.chosen_relax, relaxed_info=relaxed_info)
+    model.evidence = out_of_fold_evidence(prepared, cv)
     return cv, model
+
+
+def out_of_fold_evidence(prepared: PreparedData, cv) -> dict:
+    """Calibration per creative and the fusion test of each segment, from the chosen
+    procedure's fold models on the folds they did not see (``evaluation/calibration.py``)."""
+    from segmentation.evaluation.calibration import calibration_sums, evidence
+
+    sums = calibration_sums(prepared.oracle, np.stack([f.beta for f in cv.fold_fits]))
+    return evidence(sums, prepared.structure, cv.final_fit.fused)
 
 
 def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:

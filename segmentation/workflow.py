@@ -77,6 +77,8 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
             model.save(stage)
             if cv is not None:
                 cv.write_table(os.path.join(stage, CV_TABLE_NAME), prepared.structure)
+            if model.evidence:
+                write_calibration_csv(model.evidence, os.path.join(stage, CALIBRATION_NAME))
             publish_dir(stage, out_dir, cfg.output.overwrite)
             if cfg.evaluate:
                 evaluate_fitted(spark, cfg, model, prepared, tracker)
@@ -163,6 +165,29 @@ def demo_config(data_dir: str, model_dir: str, cv: bool = True) -> dict:
     }
 
 
+CALIBRATION_NAME = "calibration.csv"
+
+
+def write_calibration_csv(evidence: dict, path: str) -> str:
+    """One row per creative: out-of-fold observed vs predicted rate, difference and its 95% CI,
+    and its segment's fusion test (``evaluation/calibration.py``)."""
+    import pandas as pd
+
+    seg = {s["segment"]: s for s in evidence["segments"]}
+    rows = []
+    for c in evidence["creatives"]:
+        s = seg.get(c["segment"], {})
+        lo, hi = c.get("difference_ci", [float("nan")] * 2)
+        rows.append({"creative": c["creative"], "segment": c["segment"], "fused": c["fused"],
+                     "rows": c["rows"], "observed_rate": c.get("observed_rate"),
+                     "predicted_rate": c.get("predicted_rate"), "difference": c.get("difference"),
+                     "difference_ci_low": lo, "difference_ci_high": hi, "z": c.get("z"),
+                     "segment_fusion_p_value": s.get("p_value"),
+                     "segment_flagged": s.get("flagged", False)})
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.8g")
+    return path
+
+
 def format_summary(model: SegmentationModel, seconds: float | None = None) -> str:
     """The table printed at the end of a fit: consistency (fused / n_j), sparsity, shares."""
     f = model.fit
@@ -191,4 +216,20 @@ def format_summary(model: SegmentationModel, seconds: float | None = None) -> st
                if not model.fused[c] and model.segment_of[c] != ctrl]
     if unfused:
         lines.append("creatives that do not behave like their segment: " + ", ".join(unfused))
+    ev = model.evidence
+    if ev:
+        from segmentation.evaluation.calibration import flagged_lines
+
+        tested = [s for s in ev["segments"] if s.get("p_value") is not None]
+        worst = ev.get("max_abs_difference")
+        lines.append(
+            f"out-of-fold evidence ({ev['folds']} folds): creatives calibrated within "
+            + (f"{100 * worst:.2f} points" if worst is not None else "- points")
+            + f"; fusion tested in {len(tested)} segment(s), "
+            + (", ".join(f"{s['segment']} p={s['p_value']:.2g}" for s in tested) or "none with 2+ fused")
+            + f" (calibration.csv)")
+        lines += flagged_lines(ev)
+    elif model.selection is None:
+        lines.append("no out-of-fold evidence for the fusion claims: a single fit has no held-out "
+                     "folds (fit with cross-validation to get calibration and fusion tests)")
     return "\n".join(lines)

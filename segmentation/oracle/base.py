@@ -29,6 +29,7 @@ class OracleResult:
     heldout_loss: np.ndarray         # (M,) mean loss on held-out rows (nan when none)
     heldout_auc: np.ndarray | None = None  # (M,) AUC of the held-out predictions (binned)
     hess_diag: np.ndarray | None = None    # (M, K, p) Hessian diagonals (curvature="diagonal")
+    heldout_hist: np.ndarray | None = None  # (M, AUC_BINS, 2) held-out rows by eta bin and y
 
     def model(self, m: int) -> "OracleResult":
         """The answer for one model, keeping the leading axis of length 1."""
@@ -38,6 +39,7 @@ class OracleResult:
             self.max_abs_eta[m:m + 1], self.heldout_loss[m:m + 1],
             None if self.heldout_auc is None else self.heldout_auc[m:m + 1],
             None if self.hess_diag is None else self.hess_diag[m:m + 1],
+            None if self.heldout_hist is None else self.heldout_hist[m:m + 1],
         )
 
 
@@ -99,6 +101,7 @@ class Oracle(abc.ABC):
             heldout_auc=None if s.heldout_hist is None else np.array(
                 [auc_from_histogram(h) for h in s.heldout_hist]),
             hess_diag=None if s.hess_diag is None else s.hess_diag * scale[:, None, None],
+            heldout_hist=s.heldout_hist,
         )
 
     def n_rows(self, include=None) -> float:

@@ -189,6 +189,13 @@ class FitTracker:
             params["chosen.rule"] = cv.rule
             params["chosen.lambda_index"] = int(cv.chosen[1])
             params["chosen.relax"] = repr(float(cv.chosen_relax))
+        ev = model.evidence
+        if ev:
+            metrics.append(("calibration_max_abs_difference", ev.get("max_abs_difference"), 0))
+            metrics.append(("fusion_flagged_segments", len(ev.get("flagged", [])), 0))
+            for sg in ev.get("segments", []):
+                if sg.get("p_value") is not None:
+                    metrics.append((f"fusion_test_p.{_metric_name(sg['segment'])}", sg["p_value"], 0))
         metrics += [(k, v, 0) for k, v in (extra_metrics or {}).items()]
         self._log(params=params, metrics=metrics)
         with tempfile.TemporaryDirectory(prefix="segmentation-mlflow-") as tmp:
@@ -199,6 +206,8 @@ class FitTracker:
                                chosen=(cv.chosen_lambda, cv.chosen_alpha, cv.chosen_relax), rule=cv.rule)
             plots.gamma_heatmap(model, os.path.join(plot_dir, "gamma_heatmap.png"))
             plots.fusion_map(model, os.path.join(plot_dir, "fusion_map.png"))
+            if model.evidence:
+                plots.calibration_plot(model, os.path.join(plot_dir, "calibration.png"))
             self.client.log_artifacts(self.run_id, plot_dir, "plots")
             for name in sorted(os.listdir(model_dir)):
                 p = os.path.join(model_dir, name)
@@ -258,6 +267,13 @@ class ChildLogger:
         self.queue.put(None)
         self.thread.join()
         return dict(self.logged)
+
+
+def _metric_name(name: str) -> str:
+    """MLflow metric keys allow alphanumerics, _ - . / and spaces; anything else becomes _."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", str(name))
 
 
 def _finite(v) -> bool:

@@ -87,17 +87,61 @@ def fusion_map(model, path: str) -> str:
     for j, cs in enumerate(members):
         for i, c in enumerate(cs):
             M[j, i] = dist[c]
+    ev = getattr(model, "evidence", None) or {}
+    flagged = set(ev.get("flagged", []))
+    pvals = {s["segment"]: s["p_value"] for s in ev.get("segments", []) if s.get("p_value") is not None}
     fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * width + 2.5), max(2.5, 0.45 * m + 1.5)))
     im = ax.imshow(np.ma.masked_invalid(M), cmap="magma_r", vmin=0, aspect="auto")
     for j, cs in enumerate(members):
+        bad = model.segments[j] in flagged
         for i, c in enumerate(cs):
-            txt = f"{model.creatives[c]}\n{'fused' if model.fused[c] else f'{dist[c]:.2f}'}"
-            ax.text(i, j, txt, ha="center", va="center", fontsize=7,
-                    color="k" if dist[c] < 0.6 * np.nanmax(M + 1e-12) else "w")
-    ax.set_yticks(range(m), model.segments, fontsize=8)
+            tag = ("fused!" if bad else "fused") if model.fused[c] else f"{dist[c]:.2f}"
+            ax.text(i, j, f"{model.creatives[c]}\n{tag}", ha="center", va="center", fontsize=7,
+                    color=("r" if bad and model.fused[c] else
+                           "k" if dist[c] < 0.6 * np.nanmax(M + 1e-12) else "w"))
+    labels = [f"{s}  (fusion p={pvals[s]:.2g}{', DIFFER' if s in flagged else ''})" if s in pvals else s
+              for s in model.segments]
+    ax.set_yticks(range(m), labels, fontsize=8)
     ax.set_xticks(range(width), [f"#{i + 1}" for i in range(width)], fontsize=8)
     fig.colorbar(im, ax=ax, label="||beta_jk - gamma_j|| (standardised scale)")
-    ax.set_title("Fusion map: distance of each creative from its segment")
+    ax.set_title("Fusion map: distance of each creative from its segment"
+                 + ("\nred 'fused!': fused, but out of fold these creatives respond differently" if flagged else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def calibration_plot(model, path: str) -> str:
+    """Out-of-fold calibration: left, the reliability diagram (deciles of predicted probability,
+    observed vs predicted); right, per creative observed - predicted rate with its 95% CI."""
+    plt = _plt()
+    ev = model.evidence or {}
+    rel = ev.get("reliability", [])
+    cr = [c for c in ev.get("creatives", []) if "difference" in c]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, max(3.8, 0.28 * len(cr) + 1.5)))
+    if rel:
+        pr = [b["predicted"] for b in rel]
+        ob = [b["observed"] for b in rel]
+        top = max(max(pr), max(ob)) * 1.05
+        a1.plot([0, top], [0, top], color="0.6", lw=1)
+        a1.plot(pr, ob, marker="o")
+    a1.set_xlabel("mean predicted response (out of fold)")
+    a1.set_ylabel("observed response rate")
+    a1.set_title("Reliability (deciles of predicted probability)")
+    a1.grid(alpha=0.3)
+    flagged = set(ev.get("flagged", []))
+    for i, c in enumerate(cr):
+        lo, hi = c["difference_ci"]
+        color = "r" if c["segment"] in flagged and c["fused"] else ("C0" if c["fused"] else "C1")
+        a2.errorbar(100 * c["difference"], i, xerr=[[100 * (c["difference"] - lo)], [100 * (hi - c["difference"])]],
+                    marker="o", color=color, capsize=2)
+    a2.axvline(0, color="0.6", lw=1)
+    a2.set_yticks(range(len(cr)), [f"{c['creative']} ({c['segment']}{', fused' if c['fused'] else ''})" for c in cr],
+                  fontsize=7)
+    a2.set_xlabel("observed - predicted response rate, points (95% CI)")
+    a2.set_title("Per creative, out of fold")
+    a2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -64,8 +64,24 @@ def test_model_json_records_the_selection(fitted):
     saved = SegmentationModel.load(model_dir)
     assert saved.selection["mlflow_run_id"] == sel["mlflow_run_id"]
     table = pd.read_csv(os.path.join(model_dir, "cv_table.csv"))
-    assert len(table) == len(ALPHAS) * N_LAMBDA
-    assert table.loc[table["chosen"], "lambda"].iloc[0] == pytest.approx(model.lam, rel=1e-9)
+    assert len(table) == len(ALPHAS) * N_LAMBDA * 5            # every point at g = 1, .75, .5, .25, 0
+    assert sorted(set(table["relax"])) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    chosen = table[table["chosen"]]
+    assert len(chosen) == 1 and chosen["lambda"].iloc[0] == pytest.approx(model.lam, rel=1e-9)
+    assert chosen["relax"].iloc[0] == saved.relax == sel["relax"]
+    assert {"paired_diff", "paired_se"} <= set(table.columns)
+    # the penalised fit is kept beside the relaxed one, with the same pattern
+    if saved.relax < 1:
+        assert np.array_equal(saved.penalized["fused"], saved.fused)
+        assert np.all(saved.gamma_fit[saved.penalized["gamma_fit"] == 0] == 0)
+        assert saved.with_fit("penalized").relax == 1.0
+    # out-of-fold evidence: per creative calibration, fusion tests, the CSV
+    ev = saved.evidence
+    assert ev["folds"] == FOLDS and len(ev["creatives"]) == 10 and ev["reliability"]
+    assert all(s.get("p_value") is None or 0 <= s["p_value"] <= 1 for s in ev["segments"])
+    cal = pd.read_csv(os.path.join(model_dir, "calibration.csv"))
+    assert list(cal["creative"]) == list(saved.creatives)
+    assert (cal["difference_ci_low"] <= cal["difference"]).all() and (cal["difference"] <= cal["difference_ci_high"]).all()
 
 
 @pytest.mark.slow
@@ -96,9 +112,12 @@ def test_run_tree(fitted):
     assert np.mean([m.value for m in hist]) == pytest.approx(child.data.metrics["mean_heldout_deviance"])
     assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "heldout_auc")) == list(range(FOLDS))
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"model.json", "cv_table.csv", "plots", "model"} <= arts
+    assert {"model.json", "cv_table.csv", "calibration.csv", "plots", "model"} <= arts
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
-    assert plots == {"plots/cv_curve.png", "plots/gamma_heatmap.png", "plots/fusion_map.png"}
+    assert plots == {"plots/cv_curve.png", "plots/gamma_heatmap.png", "plots/fusion_map.png",
+                     "plots/calibration.png"}
+    assert "calibration_max_abs_difference" in parent.data.metrics
+    assert p["chosen.relax"] == repr(float(fitted["model"].relax))
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
     assert "model/MLmodel" in model_files
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in model_files)
