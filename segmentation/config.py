@@ -83,6 +83,9 @@ class ModelConfig(_Section):
     curvature: Literal["auto", "full", "diagonal"] = Field(
         "auto", description="full per-creative Hessians (proximal Newton), their diagonals "
                             "(proximal quasi-Newton, for thousands of covariates), or auto (full up to p = 500)")
+    adaptive: bool = Field(False, description="adaptive group lasso: penalty factors from an initial fit "
+                                              "on each fold (cross-validation only)")
+    adaptive_power: float = Field(1.0, gt=0)
 
     @field_validator("lambda_")
     @classmethod

@@ -225,7 +225,8 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
     cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
                         tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
-                        on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid)
+                        on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid,
+                        adaptive=m.adaptive_power if m.adaptive else None)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

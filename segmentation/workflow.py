@@ -45,6 +45,10 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
         raise ConfigError("config key 'model.alpha': alpha = 1 leaves the creatives unfused at every "
                           "lambda, so there is no lambda_max to start a path from; give model.lambda "
                           "or use alpha < 1")
+    if single and cfg.model.adaptive:
+        raise ConfigError("config key 'model.adaptive': the adaptive penalty takes its weights from "
+                          "initial fits on every cross-validation fold; give a lambda path (no single "
+                          "model.lambda and model.alpha) or set model.adaptive: false")
     for w in cfg.model.alpha_warnings():
         log.warning(w)
     t0 = time.time()

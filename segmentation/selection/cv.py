@@ -430,7 +430,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
                    progress: Callable[[str], None] | None = print, spark=None,
                    name: str = "cv", on_point: Callable[[dict], None] | None = None,
-                   curvature: str = "auto", relax=RELAX_GRID) -> CVResult:
+                   curvature: str = "auto", relax=RELAX_GRID, adaptive: float | None = None) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -441,7 +441,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     lambda index (None: silent). ``on_point`` (cross-validation only) gets each grid point's
     table row (``point_row``; ``chosen`` still False) as soon as its held-out metrics are in,
     ``relax``: the relaxation values g of ``relax.py`` (None or empty: no relaxed refits; the
-    rule then chooses among the penalised grid points only),
+    rule then chooses among the penalised grid points only), ``adaptive``: a power gamma > 0
+    for an adaptive penalty (``adaptive_weights``; None: plain penalty),
     while Spark computes the next lambda (MLflow child runs are logged from there, in the
     shadow of the passes); an exception in it is reported once and the hook dropped.
     ``spark`` defaults to ``oracle.spark`` when it has one; jobs
@@ -463,7 +464,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0, on_point, curvature)
+                   max_iter, say, name, passes0, on_point, curvature, adaptive)
         res._structure = structure
         if F and relax is not None and len(relax) and any(g < 1 for g in relax):
             res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
@@ -481,7 +482,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
 
 
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-         name, passes0, on_point=None, curvature: str = "auto") -> CVResult:
+         name, passes0, on_point=None, curvature: str = "auto", adaptive=None) -> CVResult:
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
     stopped: dict[int, str] = {}
@@ -502,6 +503,12 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
                 warnings.warn(stopped[a], RuntimeWarning, stacklevel=3)
         if len(stopped) == A:
             raise SeparationError("no lambda of any alpha could be fitted: " + "; ".join(stopped.values()))
+    W: dict = {}
+    if adaptive:
+        W, null, lmax = adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio,
+                                         float(adaptive), tol, max_iter, curvature, name, stopped)
+        say(f"[{name}] adaptive penalty (power {adaptive:g}): weights from initial fits at the end "
+            f"of each alpha's plain grid, on each fold's own training rows")
     null_passes = oracle.passes - passes0
     if lambdas is None:
         bad = [a for i, (a, m) in enumerate(zip(alphas, lmax))
@@ -576,10 +583,12 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
                 lam = float(grids[a][k])
                 for f in range(F):
                     probs.append(Problem(lam, alphas[a], include=masks[f], warm_start=prev_fold[(a, f)],
-                                         label=f"{name}[a{a},f{f}] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}"))
+                                         label=f"{name}[a{a},f{f}] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}",
+                                         weights=W.get((a, f))))
                     keys.append((a, f))
                 probs.append(Problem(lam, alphas[a], include=None, warm_start=prev_full[a],
-                                     label=f"{name}[a{a},full] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}"))
+                                     label=f"{name}[a{a},full] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}",
+                                     weights=W.get((a, None))))
                 keys.append((a, None))
             return probs, keys
 
@@ -678,15 +687,54 @@ def _fill_heldout(p: PathPoint, found: dict, F: int) -> None:
             p.heldout_deviance[f], p.heldout_auc[f] = v
 
 
-def _null_any(oracle, structure, alphas, tol, max_iter, label):
+def _null_any(oracle, structure, alphas, tol, max_iter, label, weights=None):
     """Null fits of every alpha on all rows in shared passes, and lambda_max (nan for alpha >= 1,
-    where it is undefined)."""
+    where it is undefined). ``weights``: one ``PenaltyWeights`` (or None) per alpha."""
+    ws = list(weights) if weights is not None else [None] * len(alphas)
     if all(a < 1 for a in alphas):
-        return null_fits(oracle, structure, alphas, tol=min(tol, 1e-8), max_iter=max_iter, label=label)
+        return null_fits(oracle, structure, alphas, tol=min(tol, 1e-8), max_iter=max_iter, label=label,
+                         weights=ws)
     from segmentation.solver.null_model import lambda_max
 
-    probs = [Problem(np.inf, a, label=f"{label} alpha={a:g}") for a in alphas]
+    probs = [Problem(np.inf, a, label=f"{label} alpha={a:g}", weights=w) for a, w in zip(alphas, ws)]
     fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=label)
-    lmax = np.array([lambda_max(structure, a, f.grad) if a < 1 else np.nan
-                     for a, f in zip(alphas, fits)])
+    lmax = np.array([lambda_max(structure, a, f.grad, w) if a < 1 else np.nan
+                     for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax
+
+
+def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio, power, tol,
+                     max_iter, curvature, name, stopped):
+    """Adaptive group lasso (Zou 2006; Wang & Leng 2008 for groups): penalty factors
+    u_c = ||delta_c^init||^-power and v_jk = |gamma_jk^init|^-power from an initial fit, so
+    blocks the data support strongly are penalised little and weak ones much (a block zero in
+    the initial fit stays zero: factor inf).
+
+    The initial fit of each alpha is the plain penalised fit at the end of its grid
+    (``min_ratio`` x lambda_max, or the smallest ``model.lambda``), made separately on every
+    fold's training rows and on all rows, so each fold's weights never saw its held-out rows.
+    Returns ({(alpha index, fold or None): PenaltyWeights}, weighted null fits, weighted
+    lambda_max); the grid of each alpha is then built from the weighted lambda_max."""
+    from segmentation.solver.penalty import PenaltyWeights
+
+    A = len(alphas)
+    masks = [~np.eye(F, dtype=bool)[f] for f in range(F)]
+    slots = list(range(F)) + [None]
+    live = [a for a in range(A) if a not in stopped and null[a] is not None]
+    probs, keys = [], []
+    for a in live:
+        lam0 = (min(float(x) for x in lambdas) if lambdas is not None else min_ratio * float(lmax[a]))
+        for s in slots:
+            probs.append(Problem(lam0, alphas[a], include=None if s is None else masks[s], warm_start=null[a],
+                                 label=f"{name}-adaptive-init[a{a},{'full' if s is None else f'f{s}'}]"))
+            keys.append((a, s))
+    fits = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
+                    label=f"{name}: adaptive penalty, initial fits", curvature=curvature)
+    W = {key: PenaltyWeights.adaptive(f.gamma, f.delta, power) for key, f in zip(keys, fits)}
+    new_null, new_lmax = list(null), np.array(lmax, dtype=float)
+    if live:
+        fits0, lm0 = _null_any(oracle, structure, [alphas[a] for a in live], tol, max_iter,
+                               f"{name}: weighted null models", weights=[W[(a, None)] for a in live])
+        for i, a in enumerate(live):
+            new_null[a], new_lmax[a] = fits0[i], lm0[i]
+    return W, new_null, new_lmax

@@ -34,18 +34,22 @@ def lambda_grid(lmax: float, n_lambda: int, min_ratio: float) -> np.ndarray:
 
 
 def null_fits(oracle, structure: SegmentStructure, alphas, *, tol: float = 1e-8,
-              max_iter: int = 50, label: str = "null model") -> tuple[list[FitResult], np.ndarray]:
+              max_iter: int = 50, label: str = "null model",
+              weights=None) -> tuple[list[FitResult], np.ndarray]:
     """Null models (lam = inf) of every alpha on ALL rows, fitted together in shared passes,
     and lambda_max of each alpha. Returns (fits, lambda_max array), in the order of ``alphas``.
 
     Same math as ``solver.null_model.fit_null`` (which fits one alpha at a time); here the
-    alphas share passes, so A alphas cost about as many Spark jobs as one.
+    alphas share passes, so A alphas cost about as many Spark jobs as one. ``weights``: one
+    ``PenaltyWeights`` per alpha (or None), for an adaptive penalty.
     """
     alphas = [float(a) for a in alphas]
     for a in alphas:
         if not 0.0 <= a < 1.0:
             raise ValueError(f"a lambda path needs 0 <= alpha < 1; got alpha={a}")
-    problems = [Problem(np.inf, a, include=None, label=f"{label} alpha={a:g}") for a in alphas]
+    ws = list(weights) if weights is not None else [None] * len(alphas)
+    problems = [Problem(np.inf, a, include=None, label=f"{label} alpha={a:g}", weights=w)
+                for a, w in zip(alphas, ws)]
     fits = fit_many(oracle, structure, problems, tol=tol, max_iter=max_iter, label=label)
-    lmax = np.array([lambda_max(structure, a, f.grad) for a, f in zip(alphas, fits)])
+    lmax = np.array([lambda_max(structure, a, f.grad, w) for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax

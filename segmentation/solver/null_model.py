@@ -23,6 +23,10 @@ one of the inequalities fails, and the null point is then not a solution), with
 
 (the second term only when alpha > 0). For alpha = 1 delta is unpenalised, no lambda fuses
 any creative and lambda_max is undefined (ValueError).
+
+With penalty factors (``PenaltyWeights``: u_c on delta_c, v_jk on gamma_j[k]) each term is
+divided by its factor; a block with factor inf is zero at every lambda and a block with factor
+0 is never penalised, so neither bounds lambda_max.
 """
 from __future__ import annotations
 
@@ -32,11 +36,12 @@ from segmentation.solver.prox_newton import FitResult, fit
 from segmentation.solver.structure import SegmentStructure
 
 
-def lambda_max(structure: SegmentStructure, alpha: float, grad_at_null: np.ndarray) -> float:
+def lambda_max(structure: SegmentStructure, alpha: float, grad_at_null: np.ndarray,
+               weights=None) -> float:
     """Smallest lambda at which the null model satisfies the KKT conditions (module docstring).
 
     grad_at_null: (K, p) gradient of the mean negative log-likelihood w.r.t. beta at the null
-    fit (``FitResult.grad`` of ``fit_null``).
+    fit (``FitResult.grad`` of ``fit_null``); ``weights``: the ``PenaltyWeights`` of the fit.
     """
     alpha = float(alpha)
     if not 0.0 <= alpha < 1.0:
@@ -47,15 +52,20 @@ def lambda_max(structure: SegmentStructure, alpha: float, grad_at_null: np.ndarr
     pen_seg = structure.penalized
     pen_cr = pen_seg[seg]
     sizes = structure.sizes.astype(float)
+    u = np.ones(len(seg)) if weights is None else np.asarray(weights.delta, float)
+    v = np.ones((structure.n_segments, g.shape[1])) if weights is None else np.asarray(weights.gamma, float)
     out = 0.0
-    if np.any(pen_cr):
-        out = max(out, float(np.max(sizes[seg][pen_cr] * np.linalg.norm(g[pen_cr], axis=1)))
+    bound = pen_cr & (u > 0) & np.isfinite(u)
+    if np.any(bound):
+        out = max(out, float(np.max(sizes[seg][bound] * np.linalg.norm(g[bound], axis=1) / u[bound]))
                   / (1.0 - alpha))
-    if alpha > 0:
+    if alpha > 0 and g.shape[1] > 1:
         G = np.zeros((structure.n_segments, g.shape[1]))
         np.add.at(G, seg, g)
-        if np.any(pen_seg) and g.shape[1] > 1:
-            out = max(out, float(np.max(np.abs(G[pen_seg, 1:]))) / alpha)
+        vb = v[:, 1:]
+        ok = pen_seg[:, None] & (vb > 0) & np.isfinite(vb)
+        if np.any(ok):
+            out = max(out, float(np.max(np.abs(G[:, 1:])[ok] / vb[ok])) / alpha)
     return out
 
 

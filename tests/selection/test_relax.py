@@ -140,3 +140,42 @@ def test_an_alpha_whose_refits_separate_is_left_unrelaxed(monkeypatch):
     assert any("relaxed refits separate" in str(w.message) for w in caught)
     assert {a for a, _, _ in res.relax.scored} == {0, 2}
     assert res.chosen is not None
+
+
+def test_adaptive_penalty_weights_come_from_each_folds_own_initial_fit():
+    """model.adaptive: one set of penalty factors per (alpha, fold) from an initial fit on that
+    fold's training rows; the path's fits solve the weighted problems (weighted KKT)."""
+    from segmentation.solver.optimality import kkt_violations
+    from segmentation.solver.penalty import FusedGroupPenalty, PenaltyWeights
+    import segmentation.selection.cv as cvmod
+
+    st, oracle, _, _ = planted(20_000, seed=0, n_folds=3, n_blocks=2)
+    seen = []
+    real = cvmod.fit_many
+
+    def spy(orc, structure, problems, **kw):
+        seen.extend(problems)
+        return real(orc, structure, problems, **kw)
+
+    import pytest as _pt
+    mp = _pt.MonkeyPatch()
+    mp.setattr(cvmod, "fit_many", spy)
+    try:
+        res = cross_validate(oracle, st, [0.1], n_lambda=6, rule="1se", progress=None, adaptive=1.0)
+    finally:
+        mp.undo()
+    path = [p for p in seen if "[a0," in p.label and "lambda[" in p.label]
+    assert path and all(isinstance(p.weights, PenaltyWeights) for p in path)
+    by_slot = {}
+    for p in path:
+        slot = p.label.split("[a0,")[1].split("]")[0]
+        by_slot.setdefault(slot, p.weights)
+        assert p.weights is by_slot[slot]                 # one weight set per fold, reused along the path
+    assert set(by_slot) == {"f0", "f1", "f2", "full"}
+    assert not np.array_equal(by_slot["f0"].delta, by_slot["f1"].delta)
+    # the chosen penalised fit satisfies the weighted optimality conditions
+    pt = res.chosen_point
+    w = by_slot["full"]
+    viol = kkt_violations(FusedGroupPenalty(st, pt.lam, pt.alpha, w), pt.full.gamma, pt.full.delta, pt.full.grad)
+    assert max(viol["gamma"].max(), viol["delta"].max()) < 1e-5
+    assert res.grids[0][0] == res.lambda_max[0]

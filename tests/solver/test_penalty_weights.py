@@ -118,3 +118,19 @@ def test_weights_validation():
     a = PenaltyWeights.adaptive(np.array([[1.0, 0.0, 2.0]]), np.array([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]]))
     assert a.gamma[0, 0] == 0 and np.isinf(a.gamma[0, 1]) and a.gamma[0, 2] == 0.5
     assert np.isinf(a.delta[0]) and a.delta[1] == pytest.approx(0.2)
+
+
+def test_weighted_lambda_max_is_where_the_weighted_null_stops_being_optimal():
+    from segmentation.solver.null_model import lambda_max
+
+    st, oracle, _ = simulate(seed=4, n=800, p=5, spread=0.6)
+    w = _random_weights(st, 5, 4)
+    for alpha in (0.0, 0.3):
+        null = fit(oracle, st, np.inf, alpha, tol=1e-10, weights=w)
+        lmax = lambda_max(st, alpha, null.grad, w)
+        assert lmax != pytest.approx(lambda_max(st, alpha, null.grad))
+        above = fit(oracle, st, 1.001 * lmax, alpha, tol=1e-10, weights=w, warm_start=null)
+        assert above.fused.all() and np.all(above.gamma[:, 1:] == 0) if alpha > 0 else above.fused.all()
+        below = fit(oracle, st, 0.98 * lmax, alpha, tol=1e-10, weights=w, warm_start=null)
+        moved = (~below.fused).any() or (alpha > 0 and np.any(below.gamma[:, 1:] != 0))
+        assert moved
