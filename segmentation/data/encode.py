@@ -345,6 +345,13 @@ def categorical_level_counts(df, categorical) -> tuple[dict[str, dict[str, int]]
 
     Levels are the values cast to string; nulls are not levels (they are counted in the rows).
     """
+    level_counts, null_counts, n_rows = categorical_statistics(df, categorical)
+    return level_counts, n_rows
+
+
+def categorical_statistics(df, categorical) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
+    """({column: {level: count}}, {column: null rows}, number of rows): the one ``groupBy`` of
+    :func:`categorical_level_counts`, with the null counts it also measures."""
     from pyspark.sql import functions as F
 
     categorical = [str(c) for c in categorical]
@@ -361,7 +368,14 @@ def categorical_level_counts(df, categorical) -> tuple[dict[str, dict[str, int]]
         else:
             level_counts[c][row["v"]] = int(row["count"])
     n_rows = sum(level_counts[categorical[0]].values()) + null_counts[categorical[0]]
-    return level_counts, n_rows
+    return level_counts, null_counts, n_rows
+
+
+def reference_and_levels(counts: dict[str, int]) -> tuple[str | None, list[str]]:
+    """(reference level, indicator levels in feature order) of one categorical column: the
+    most frequent level (ties by name) is the reference, the others sorted by name."""
+    ref = min(counts, key=lambda v: (-counts[v], v)) if counts else None
+    return ref, sorted(v for v in counts if v != ref)
 
 
 def encoding_from_statistics(covariates, categorical, moments, level_counts, n_rows: int, *,
@@ -396,9 +410,7 @@ def encoding_from_statistics(covariates, categorical, moments, level_counts, n_r
             raise DataValidationError(
                 f"categorical '{c}' has {len(counts):,} levels (more than max_levels={max_levels})"
             )
-        ref = min(counts, key=lambda v: (-counts[v], v)) if counts else None
-        reference[c] = ref
-        levels[c] = sorted(v for v in counts if v != ref)
+        reference[c], levels[c] = reference_and_levels(counts)
         for v in levels[c]:
             q = counts[v] / n_rows
             names.append(f"{c}={v}")
