@@ -33,8 +33,8 @@ from functools import partial
 import numpy as np
 
 from segmentation.data.blocks import DesignBlock, make_block
-from segmentation.data.blockstore import (partition_arrays, select_design, total_counts,
-                                           validation_problems)
+from segmentation.data.blockstore import (partition_arrays, scan_counts, scan_partition,
+                                           select_design, total_counts, validation_problems)
 from segmentation.errors import DataValidationError
 
 DEFAULT_MAX_BLOCK_BYTES = 64 << 20          # design bytes per cached row (Spark binary < 2 GB)
@@ -55,7 +55,11 @@ SUMMARY_COLUMNS = ("part", "seq", "n_rows", "n_features", "crc", "counts", "posi
 
 
 def block_crc(block: DesignBlock) -> int:
-    """CRC-32 over the block's arrays (in ``_ARRAYS`` order): a recomputed block must match."""
+    """CRC-32 over the block's arrays (in ``_ARRAYS`` order): a recomputed block must match.
+    A block standardised on loading (see :func:`block_from_row`) reports the CRC of the cached
+    arrays it was built from."""
+    if block.source_crc is not None:
+        return int(block.source_crc)
     crc = 0
     for name in _ARRAYS:
         crc = zlib.crc32(np.ascontiguousarray(getattr(block, name)).data, crc)
@@ -63,10 +67,24 @@ def block_crc(block: DesignBlock) -> int:
 
 
 def block_from_row(row: dict, n_features: int, n_creatives: int, n_folds: int) -> DesignBlock:
-    """The ``DesignBlock`` of one cached row (arrays are read-only views of the row's bytes)."""
+    """The ``DesignBlock`` of one cached row (arrays are read-only views of the row's bytes).
+
+    Rows of the fused scan of ``prepare()`` (:class:`CacheSink`) hold the design before
+    standardisation plus ``center`` and ``scale`` (float64 bytes, one per feature): X is then
+    a standardised copy (``blockstore.standardize_array``, the arithmetic the file store
+    applies to its files) and the block's CRC is the one of the cached arrays."""
     arrays = {name: np.frombuffer(row[name], dtype=_DTYPES[name]) for name in _ARRAYS}
     arrays["X"] = arrays["X"].reshape(-1, n_features)
-    return DesignBlock(**arrays, n_creatives=n_creatives, n_folds=n_folds)
+    center, scale = row.get("center"), row.get("scale")
+    if center is None or scale is None:
+        return DesignBlock(**arrays, n_creatives=n_creatives, n_folds=n_folds)
+    from segmentation.data.blockstore import standardize_array
+
+    crc = block_crc(DesignBlock(**arrays, n_creatives=n_creatives, n_folds=n_folds))
+    X = arrays["X"].copy()
+    standardize_array(X, np.frombuffer(center, dtype=np.float64), np.frombuffer(scale, dtype=np.float64))
+    arrays["X"] = X
+    return DesignBlock(**arrays, n_creatives=n_creatives, n_folds=n_folds, source_crc=crc)
 
 
 def _chunk_bounds(n: int, p: int, max_block_bytes: int) -> list[tuple[int, int]]:
@@ -140,6 +158,9 @@ class CachedBlocks:
     feature_names: list[str] | None = None
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
     released: bool = field(default=False, repr=False)
+    # the persisted frame when ``df`` is a projection of it (the fused scan adds the
+    # standardisation as literal columns): what ``release`` unpersists
+    base_df: object = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
@@ -170,7 +191,7 @@ class CachedBlocks:
         if not self.released:
             self.released = True
             try:
-                self.df.unpersist()
+                (self.base_df if self.base_df is not None else self.df).unpersist()
             except Exception:  # noqa: BLE001 - a stopped session has nothing left to free
                 pass
 
@@ -231,3 +252,119 @@ def cache_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
         except Exception:  # noqa: BLE001
             pass
         raise
+
+
+# ----------------------------------------------------------------------------- fused scan
+SCAN_CACHE_SCHEMA = CACHE_SCHEMA + ", stats binary"
+
+
+def _scan_cache_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int,
+                          max_block_bytes: int):
+    """mapInArrow task of the fused scan of ``prepare()``, Spark cache: a partition's raw rows
+    -> sorted sub-blocks (unstandardised), one output row each; the partition's statistics
+    (``blockstore.scan_partition``) ride on its first row. A partition with invalid rows gives
+    one row with its counts and statistics and no payload."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    pid = TaskContext.get().partitionId()
+    res = scan_partition(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
+    if res is None:
+        return
+    X, y, creative, fold, stats, clean = res
+    zero = dict(bad_features=0, bad_response=0, bad_creative=0, bad_fold=0)
+    if not clean:
+        counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+        rows = [dict(part=pid, seq=0, n_rows=len(y), n_features=0, crc=0, X=b"", y=b"",
+                     creative=b"", fold=b"", offsets=b"", counts=counts.tolist(),
+                     positives=positives.tolist(), stats=stats.tobytes(), **zero)]
+    else:
+        p = X.shape[1]
+        rows = []
+        for seq, (a, b) in enumerate(_chunk_bounds(len(y), p, max_block_bytes)):
+            block = make_block(X[a:b], y[a:b], creative[a:b], fold[a:b], n_creatives=n_creatives,
+                               n_folds=n_folds)
+            counts, positives = scan_counts(block.y, block.creative.astype(np.int64),
+                                            block.fold.astype(np.int64),
+                                            n_creatives=n_creatives, n_folds=n_folds)
+            rows.append(dict(
+                part=pid, seq=seq, n_rows=block.n_rows, n_features=p, crc=block_crc(block),
+                **{name: np.ascontiguousarray(getattr(block, name)).tobytes() for name in _ARRAYS},
+                counts=counts.tolist(), positives=positives.tolist(),
+                stats=stats.tobytes() if seq == 0 else b"", **zero))
+        del X
+    yield pa.RecordBatch.from_pylist(rows, schema=_scan_arrow_schema())
+
+
+def _scan_arrow_schema():
+    import pyarrow as pa
+
+    return _arrow_schema().append(pa.field("stats", pa.binary()))
+
+
+class CacheSink:
+    """Where the fused scan puts its blocks for ``data.store: spark``: a persisted DataFrame of
+    raw blocks (as :func:`cache_blocks`, plus a ``stats`` column); :meth:`finish` adds the
+    standardisation as two literal columns read by :func:`block_from_row`."""
+
+    def __init__(self, storage_level: str = DEFAULT_STORAGE_LEVEL,
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+        from pyspark import StorageLevel
+
+        level = getattr(StorageLevel, str(storage_level), None)
+        if not isinstance(level, StorageLevel):
+            raise ValueError(f"unknown storage level {storage_level!r} (e.g. DISK_ONLY, MEMORY_AND_DISK)")
+        self.level, self.storage_level = level, str(storage_level)
+        self.max_block_bytes = int(max_block_bytes)
+        self.cached = None
+        self.rows: list[dict] = []
+
+    def run(self, frame, *, n_stats: int, n_creatives: int, n_folds: int) -> list[dict]:
+        """Convert and persist; return one summary per input partition (``partition``,
+        ``n_rows``, ``counts``, ``positives``, ``stats``) for the validation."""
+        task = partial(_scan_cache_partition, n_stats=int(n_stats), n_creatives=int(n_creatives),
+                       n_folds=int(n_folds), max_block_bytes=self.max_block_bytes)
+        self.cached = frame.mapInArrow(task, SCAN_CACHE_SCHEMA).persist(self.level)
+        rows = self.cached.select(*SUMMARY_COLUMNS, "stats").collect()
+        self.rows = sorted((r.asDict() for r in rows), key=lambda r: (r["part"], r["seq"]))
+        per: dict[int, dict] = {}
+        for r in self.rows:
+            s = per.setdefault(int(r["part"]), dict(partition=int(r["part"]), n_rows=0, counts=None,
+                                                     positives=None, stats=None))
+            s["n_rows"] += int(r["n_rows"])
+            c = np.asarray(r["counts"], dtype=np.int64)
+            q = np.asarray(r["positives"], dtype=np.int64)
+            s["counts"] = c if s["counts"] is None else s["counts"] + c
+            s["positives"] = q if s["positives"] is None else s["positives"] + q
+            if r["seq"] == 0:
+                s["stats"] = r["stats"]
+        return [per[k] for k in sorted(per)]
+
+    def abort(self) -> None:
+        if self.cached is not None:
+            try:
+                self.cached.unpersist()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def finish(self, *, center, scale, n_creatives: int, n_folds: int, feature_names) -> CachedBlocks:
+        from pyspark.sql import functions as F
+
+        center = np.asarray(center, dtype=np.float64)
+        scale = np.asarray(scale, dtype=np.float64)
+        df = self.cached
+        if np.any(center[1:] != 0.0) or np.any(scale[1:] != 1.0):
+            df = df.withColumns({"center": F.lit(bytearray(center.tobytes())),
+                                 "scale": F.lit(bytearray(scale.tobytes()))})
+        K, Fn = int(n_creatives), int(n_folds)
+        counts, positives = total_counts(self.rows, n_folds=Fn, n_creatives=K)
+        return CachedBlocks(
+            df=df, version=uuid.uuid4().hex,
+            keys=[(int(r["part"]), int(r["seq"])) for r in self.rows],
+            rows=[int(r["n_rows"]) for r in self.rows],
+            crcs=[int(r["crc"]) for r in self.rows],
+            counts=counts, positives=positives, n_features=len(feature_names), n_creatives=K,
+            n_folds=Fn, storage_level=self.storage_level,
+            feature_names=[str(n) for n in feature_names], max_block_bytes=self.max_block_bytes,
+            base_df=self.cached,
+        )

@@ -32,6 +32,9 @@ class DesignBlock:
     offsets: np.ndarray
     n_creatives: int
     n_folds: int
+    # CRC-32 of the stored arrays this block was rebuilt from, when it was transformed on
+    # loading (``blockcache.block_from_row`` standardising a raw cached block); else None
+    source_crc: int | None = None
 
     @property
     def n_rows(self) -> int:

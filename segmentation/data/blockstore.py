@@ -448,3 +448,290 @@ def remove_blocks(manifest: BlockManifest) -> None:
             os.rmdir(parent)
         except OSError:
             pass
+
+
+# ----------------------------------------------------------------------------- fused scan
+# ``prepare()`` converts the raw rows into blocks and measures, in the same pass, everything the
+# validation and the encoding need (``validate.scan_and_validate``): one read of the input
+# instead of three (a groupBy over the creative, a global aggregation of the covariates, then
+# the conversion). The blocks are written unstandardised (the moments are only known once
+# every task is done); :func:`standardize_blocks` then rescales the files in place, and the
+# Spark cache applies the same arithmetic when a worker loads a block
+# (``blockcache.block_from_row``), so both stores hold the same numbers as the Spark
+# expressions of ``Encoding.feature_columns`` would give ((x - center) / scale, in float64).
+#
+# Per partition statistics travel as one float64 vector (``stats`` column, raw bytes):
+# ``STAT_HEAD`` then, per measured covariate j < m, the arrays ``STAT_COLS`` (each of length m).
+STAT_HEAD = ("n_rows", "bad_response", "null_creative", "unknown_creative", "null_user")
+STAT_COLS = ("null", "nonfinite", "min", "max", "mean", "m2")
+
+SCAN_SUMMARY_SCHEMA = ("partition int, file string, n_rows long, n_features int, "
+                       "counts array<long>, positives array<long>, stats binary")
+
+
+def _batch_stats(v: np.ndarray, nulls: np.ndarray | None):
+    """(null, nonfinite, min, max, mean, m2) per column of one batch ``v`` (rows x m), with
+    min/max over the valid (non-null, finite) values only (+inf/-inf when there are none)."""
+    m = v.shape[1]
+    if v.shape[0] == 0 or m == 0:
+        z = np.zeros(m)
+        return z, z, np.full(m, np.inf), np.full(m, -np.inf), z, z
+    mn, mx = v.min(axis=0), v.max(axis=0)          # NaN (and so null) propagates
+    if nulls is None and np.isfinite(mn).all() and np.isfinite(mx).all():
+        mean = v.sum(axis=0) / v.shape[0]
+        d = v - mean
+        m2 = np.einsum("ij,ij->j", d, d)
+        z = np.zeros(m)
+        return z, z, mn, mx, mean, m2
+    valid = np.isfinite(v)
+    null = np.zeros(m) if nulls is None else nulls.sum(axis=0).astype(np.float64)
+    nonfinite = (~valid).sum(axis=0) - null
+    mn = np.where(valid, v, np.inf).min(axis=0)
+    mx = np.where(valid, v, -np.inf).max(axis=0)
+    z = np.zeros(m)                                  # moments are moot: validation fails
+    return null, nonfinite, mn, mx, z, z
+
+
+def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations)."""
+    n = n_a + n_b
+    if n_b == 0:
+        return n_a, mean_a, m2_a
+    if n_a == 0:
+        return n_b, mean_b, m2_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+    return n, mean, m2
+
+
+def scan_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int):
+    """All Arrow batches of one partition of ``validate.scan_frame`` -> (X with intercept,
+    y, creative, fold, stats vector, clean), or None for an empty partition.
+
+    Columns: ``y`` (int8: 1/0, -1 for a response that is null or not 0/1), ``c`` (int32
+    creative index, -1 for a creative with no index, -2 for null), ``f`` (int32 fold), ``nu``
+    (user is null), ``x`` (list<double>: the raw features, the first ``n_stats`` of them the
+    numeric covariates whose statistics are measured). ``clean`` is False when any row is
+    invalid (then the caller builds no block). Statistics are per batch, merged in batch order
+    (deterministic for a given partition)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    xs, ys, cs, fs = [], [], [], []
+    null_user = 0
+    m = None
+    n_tot = 0
+    null = nonfinite = None
+    mn = mx = mean = m2 = None
+    for batch in batches:
+        nb = batch.num_rows
+        if nb == 0:
+            continue
+        arr = batch.column(4)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        flat = arr.flatten()
+        width = len(flat) // nb if nb else 0
+        if m is None:
+            m = width
+            null, nonfinite = np.zeros(n_stats), np.zeros(n_stats)
+            mn, mx = np.full(n_stats, np.inf), np.full(n_stats, -np.inf)
+            mean, m2 = np.zeros(n_stats), np.zeros(n_stats)
+        v = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(nb, m)
+        nulls = None
+        if flat.null_count:
+            nulls = flat.is_null().to_numpy(zero_copy_only=False).reshape(nb, m)
+            if not np.isnan(v[nulls]).all():        # make sure a null reads as NaN
+                v = v.copy()
+                v[nulls] = np.nan
+            nulls = nulls[:, :n_stats]
+        b_null, b_nonf, b_mn, b_mx, b_mean, b_m2 = _batch_stats(v[:, :n_stats], nulls)
+        null += b_null
+        nonfinite += b_nonf
+        np.minimum(mn, b_mn, out=mn)
+        np.maximum(mx, b_mx, out=mx)
+        n_tot, mean, m2 = merge_moments(n_tot, mean, m2, nb, b_mean, b_m2)
+        xs.append(v)
+        ys.append(batch.column(0).to_numpy(zero_copy_only=False))
+        cs.append(batch.column(1).to_numpy(zero_copy_only=False))
+        fs.append(batch.column(2).to_numpy(zero_copy_only=False))
+        null_user += int(pc.sum(batch.column(3)).as_py() or 0)
+    if not ys:
+        return None
+    n = sum(len(y) for y in ys)
+    y8 = np.concatenate(ys).astype(np.int8, copy=False)
+    creative = np.concatenate(cs).astype(np.int64, copy=False)
+    fold = np.concatenate(fs).astype(np.int64, copy=False)
+    X = np.empty((n, m + 1), dtype=np.float64)
+    X[:, 0] = 1.0
+    start = 0
+    for part in xs:
+        X[start:start + len(part), 1:] = part
+        start += len(part)
+    del xs
+    bad_response = int((y8 < 0).sum())
+    null_creative = int((creative == -2).sum())
+    unknown = int((creative == -1).sum())
+    bad_fold = int(((fold < 0) | (fold >= n_folds)).sum())
+    bad_x = bool(null.any() or nonfinite.any())
+    if m > n_stats and not bad_x:                  # indicator columns: never null, but check
+        bad_x = not np.isfinite(X[:, 1 + n_stats:]).all()
+    clean = not (bad_response or null_creative or unknown or null_user or bad_fold or bad_x)
+    head = np.array([n, bad_response, null_creative, unknown, null_user], dtype=np.float64)
+    stats = np.concatenate([head, null, nonfinite, mn, mx, mean, m2])
+    return X, y8.astype(np.float64), creative, fold, stats, clean
+
+
+def scan_counts(y, creative, fold, *, n_creatives: int, n_folds: int):
+    """Flat (F*K) rows and positives per (fold, creative) in (f, c) order, over the rows with
+    a creative index (``total_counts`` sums them)."""
+    ok = (creative >= 0) & (creative < n_creatives) & (fold >= 0) & (fold < n_folds)
+    key = fold[ok] * n_creatives + creative[ok]
+    KF = n_creatives * n_folds
+    counts = np.bincount(key, minlength=KF).astype(np.int64)
+    positives = np.bincount(key[y[ok] == 1], minlength=KF).astype(np.int64)
+    return counts, positives
+
+
+def _scan_write_partition(batches, *, tmp_dir: str, n_stats: int, n_creatives: int, n_folds: int):
+    """mapInArrow task of the fused scan, file store: one raw block file + one summary row."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    from segmentation.data.blocks import make_block, save_block
+
+    pid = TaskContext.get().partitionId()
+    res = scan_partition(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
+    if res is None:
+        return
+    X, y, creative, fold, stats, clean = res
+    counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+    file = ""
+    if clean:
+        block = make_block(X, y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+        del X
+        file = f"block-{pid:05d}.npz"
+        save_block(block, os.path.join(tmp_dir, file))
+    yield pa.RecordBatch.from_pydict({
+        "partition": pa.array([pid], pa.int32()),
+        "file": pa.array([file], pa.string()),
+        "n_rows": pa.array([len(y)], pa.int64()),
+        "n_features": pa.array([res[0].shape[1] if clean else 0], pa.int32()),
+        "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
+        "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
+        "stats": pa.array([stats.tobytes()], pa.binary()),
+    })
+
+
+def standardize_array(X, center, scale, chunk_rows: int = 8192) -> None:
+    """In place: ``X[:, 1:] = (X[:, 1:] - center[1:]) / scale[1:]`` by row chunks (the same
+    float64 operations as ``Encoding.feature_columns``: subtracting 0 and dividing by 1 change
+    nothing)."""
+    c = np.asarray(center, dtype=np.float64)[1:]
+    s = np.asarray(scale, dtype=np.float64)[1:]
+    n = X.shape[0]
+    for a in range(0, n, chunk_rows):
+        part = X[a:a + chunk_rows, 1:]
+        np.subtract(part, c, out=part)
+        np.divide(part, s, out=part)
+
+
+def _standardize_files(paths, *, center, scale):
+    out = []
+    for path in paths:
+        X = np.load(os.path.join(path, "X.npy"), mmap_mode="r+")
+        standardize_array(X, center, scale)
+        X.flush()
+        del X
+        out.append(path)
+    return out
+
+
+def standardize_blocks(spark, paths: list[str], center, scale, *, local: bool | None = None) -> None:
+    """Standardise the design columns of written block files in place.
+
+    With a local master (``local`` None: asked of the session) the driver does it, one thread
+    per core (numpy releases the GIL): the files are on this host. Otherwise one Spark job, one
+    task per block, so executors rewrite the files of a shared ``block_dir`` in parallel.
+    Measured 1M rows x 50, local[2], loaded machine: 1.7 s as a Spark job (Python workers
+    started and the package imported for 5 tasks) against well under a second in threads."""
+    if not paths:
+        return
+    center = np.asarray(center, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    if not (np.any(center[1:] != 0.0) or np.any(scale[1:] != 1.0)):
+        return
+    if local is None:
+        try:
+            local = str(spark.sparkContext.master).startswith("local")
+        except Exception:  # noqa: BLE001
+            local = False
+    if local:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+            done = list(pool.map(lambda p: _standardize_files([p], center=center, scale=scale)[0], paths))
+        if sorted(done) != sorted(paths):
+            raise RuntimeError(f"standardised {len(done)} of {len(paths)} block files")
+        return
+    sc = spark.sparkContext
+    done = sc.parallelize(list(paths), len(paths)).mapPartitions(
+        partial(_standardize_files, center=center, scale=scale)).collect()
+    if sorted(done) != sorted(paths):
+        raise RuntimeError(f"standardised {len(done)} of {len(paths)} block files")
+
+
+class FileSink:
+    """Where the fused scan puts its blocks for ``data.store: files``: a temporary version
+    directory under ``block_dir``, renamed into place by :meth:`finish` (as ``write_blocks``)."""
+
+    def __init__(self, spark, block_dir: str | None):
+        self.spark = spark
+        self.own_dir = not block_dir                 # made by default_block_dir: ours to remove
+        self.block_dir = block_dir or default_block_dir()
+        self.version = uuid.uuid4().hex
+        self.tmp_dir = os.path.join(self.block_dir, f".tmp-{self.version}")
+        self.final_dir = os.path.join(self.block_dir, self.version)
+        self.summaries: list = []
+
+    def run(self, frame, *, n_stats: int, n_creatives: int, n_folds: int) -> list[dict]:
+        os.makedirs(self.tmp_dir)
+        task = partial(_scan_write_partition, tmp_dir=self.tmp_dir, n_stats=int(n_stats),
+                       n_creatives=int(n_creatives), n_folds=int(n_folds))
+        rows = frame.mapInArrow(task, SCAN_SUMMARY_SCHEMA).collect()
+        self.summaries = sorted((r.asDict() for r in rows), key=lambda r: r["partition"])
+        return self.summaries
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if self.own_dir:
+            try:
+                os.rmdir(self.block_dir)
+            except OSError:
+                pass
+
+    def finish(self, *, center, scale, n_creatives: int, n_folds: int, feature_names) -> BlockManifest:
+        summaries = self.summaries
+        unseen = [r["file"] for r in summaries if not os.path.isdir(os.path.join(self.tmp_dir, r["file"]))]
+        if unseen:
+            raise DataValidationError(
+                f"config key 'data.block_dir': {self.block_dir} is not shared by the driver and the "
+                f"executors: {len(unseen)} of {len(summaries)} block files the executors wrote "
+                f"there are not visible on the driver (e.g. {unseen[0]}). On a cluster set "
+                "data.block_dir to a path every executor and the driver can read (DBFS, NFS), or "
+                "leave it unset and use data.store: spark (blocks cached by Spark itself)")
+        standardize_blocks(self.spark, [os.path.join(self.tmp_dir, r["file"]) for r in summaries],
+                           center, scale)
+        counts, positives = total_counts(summaries, n_folds=n_folds, n_creatives=n_creatives)
+        manifest = BlockManifest(
+            block_dir=self.block_dir, version=self.version,
+            paths=[os.path.join(self.final_dir, r["file"]) for r in summaries],
+            rows=[int(r["n_rows"]) for r in summaries],
+            counts=counts, positives=positives, n_features=len(feature_names),
+            n_creatives=int(n_creatives), n_folds=int(n_folds),
+            feature_names=[str(n) for n in feature_names],
+        )
+        manifest.save(os.path.join(self.tmp_dir, MANIFEST_NAME))
+        os.rename(self.tmp_dir, self.final_dir)
+        return manifest
