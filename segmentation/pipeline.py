@@ -22,12 +22,13 @@ import numpy as np
 
 from segmentation.atomic import replace_dir
 from segmentation.config import SegmentConfig
-from segmentation.data.blockcache import CachedBlocks, cache_blocks
-from segmentation.data.blockstore import BlockManifest, add_creative_index, default_block_dir, remove_blocks, write_blocks
+from segmentation.data.blockcache import CachedBlocks, CacheSink, cache_blocks
+from segmentation.data.blockstore import (BlockManifest, FileSink, add_creative_index, default_block_dir,
+                                          remove_blocks, write_blocks)
 from segmentation.data.encode import Encoding
 from segmentation.data.folds import assign_folds
 from segmentation.data.read import read_exposures
-from segmentation.data.validate import ValidationReport, validate_and_encode
+from segmentation.data.validate import ValidationReport, scan_and_validate, validate_and_encode
 from segmentation.model import SegmentationModel
 from segmentation.errors import ConfigError
 from segmentation.oracle.spark import SparkOracle
@@ -109,17 +110,62 @@ def choose_store(spark, cfg: SegmentConfig) -> tuple[str, str]:
                      "cached by Spark (set data.block_dir to a shared path to use block files)")
 
 
-def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
+def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None = None) -> PreparedData:
+    """Read, validate, encode and convert the exposures into cached blocks (``data.store``).
+
+    One read of the covariates (``validate.scan_and_validate``): the checks, the encoding's
+    moments and the raw blocks come out of the same ``mapInArrow``; the blocks are standardised
+    afterwards (in place for block files, on loading for the Spark cache). ``timings``, when
+    given, receives the seconds of each step. A categorical column with more levels than the
+    encoding allows takes the former path (validation aggregations, then the conversion),
+    which reports that error after the validation's own.
+    """
+    import time
+
     from segmentation.spark_session import ship_package
 
+    tm = timings if timings is not None else {}
+    t0 = time.perf_counter()
     d = cfg.data
     store, why = choose_store(spark, cfg)
     log.info("data path: %s (%s)", store, why)
     ship_package(spark)
     mapping = cfg.segment_mapping()
     df = read_exposures(spark, d.exposures, d.format)
-    # validation and the encoding's moments in one scan (same checks and errors as
-    # validate_exposures followed by fit_encoding)
+    structure = build_structure(mapping, cfg.control)
+    tm["setup"] = time.perf_counter() - t0
+    if store == "spark":
+        sink = CacheSink(storage_level=d.cache_storage_level)
+    else:
+        sink = FileSink(spark, d.block_dir)
+    fused = scan_and_validate(
+        df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
+        covariates=d.covariates, categorical=d.categorical, segments=mapping, control=cfg.control,
+        standardize=cfg.model.standardize, creatives=list(structure.creatives), n_folds=n_folds,
+        seed=cfg.cv.seed, sink=sink, timings=tm,
+    )
+    if fused is None:
+        return _prepare_two_step(spark, cfg, n_folds, df, structure, store, why)
+    report, encoding, manifest = fused
+    for w in report.warnings:
+        log.warning(w)
+    t = time.perf_counter()
+    if store == "spark":
+        oracle = SparkCacheOracle(spark, manifest, worker_cache_mb=d.worker_cache_mb)
+        log.info("%s", manifest.describe())
+    else:
+        oracle = SparkOracle.from_manifest(spark, manifest)
+    tm["oracle"] = time.perf_counter() - t
+    tm["total"] = time.perf_counter() - t0
+    return PreparedData(df, report, encoding, structure, manifest, oracle, n_folds, store, why)
+
+
+def _prepare_two_step(spark, cfg: SegmentConfig, n_folds: int, df, structure, store: str,
+                      why: str) -> PreparedData:
+    """The former ``prepare()``: ``validate_and_encode`` (its own aggregations), then the
+    conversion of the encoded rows (``write_blocks`` / ``cache_blocks``)."""
+    d = cfg.data
+    mapping = cfg.segment_mapping()
     report, encoding = validate_and_encode(
         df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
         covariates=d.covariates, categorical=d.categorical, segments=mapping, control=cfg.control,
@@ -127,7 +173,6 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
     )
     for w in report.warnings:
         log.warning(w)
-    structure = build_structure(mapping, cfg.control)
     indexed = add_creative_index(df, d.creative_col, list(structure.creatives), index_col=CREATIVE_INDEX_COL)
     folded = assign_folds(indexed, d.user_col, n_folds, cfg.cv.seed, fold_col=FOLD_COL)
     design = encoding.feature_columns(folded, FEATURES_COL)
@@ -146,10 +191,17 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1) -> PreparedData:
 
 
 def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam: float, alpha: float,
-             selection: dict | None = None) -> SegmentationModel:
+             selection: dict | None = None, *, penalised: FitResult | None = None,
+             relax: float = 1.0, relaxed_info: dict | None = None) -> SegmentationModel:
+    """The model of ``result`` (the chosen fit: a relaxed blend when ``relax`` < 1, with the
+    penalised fit it came from in ``penalised``); ``fit`` in model.json describes the
+    penalised solve (objective, optimality residual, ...) and, when relaxed, the refit."""
     enc = prepared.encoding
     rep = prepared.report
     st = prepared.structure
+    relaxed = penalised is not None and relax < 1.0
+    chosen = result
+    result = penalised if relaxed else result
     fit_info = {
         "objective": float(result.objective),
         "loss": float(result.loss),
