@@ -311,6 +311,26 @@ def test_run_fit_refuses_a_path_from_alpha_one(tmp_path):
         run_fit(cfg, spark=object())
 
 
+def test_run_fit_refuses_an_adaptive_single_fit_and_bad_relax_values(tmp_path):
+    from segmentation.config import parse_config
+    from segmentation.errors import ConfigError
+    from segmentation.workflow import run_fit
+
+    raw = {"data": {"exposures": str(tmp_path / "x"), "covariates": ["x1"]},
+           "segments": {"s": ["a", "b"]}, "model": {"alpha": 0.2, "lambda": 0.01, "adaptive": True},
+           "output": {"model_dir": str(tmp_path / "m")}, "mlflow": {"enabled": False}}
+    with pytest.raises(ConfigError, match="model.adaptive"):
+        run_fit(parse_config(raw), spark=object())
+    raw["model"] = {}
+    raw["cv"] = {"relax": [0.5, 1.5]}
+    with pytest.raises(ConfigError, match="cv.relax"):
+        parse_config(raw)
+    raw["cv"] = {"relax": False}
+    assert parse_config(raw).cv.relax_grid == ()
+    raw["cv"] = {"relax": [0.5]}
+    assert parse_config(raw).cv.relax_grid == (0.5, 1.0)
+
+
 def test_real_separation_drops_alpha_zero_only():
     """Segment B's rows are separated by x3: with alpha = 0 (gamma unpenalised) its null model
     diverges, so alpha = 0 is dropped with a table row saying why; alpha = 0.2 runs its path."""
