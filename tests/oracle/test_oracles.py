@@ -71,6 +71,22 @@ def test_spark_oracle_matches_local(spark, tmp_path, n_blocks):
     np.testing.assert_allclose(b.heldout_loss, a.heldout_loss, rtol=1e-10)
     np.testing.assert_array_equal(b.max_abs_eta, a.max_abs_eta)
     assert remote.passes == 1 and remote.jobs == 1
+    # held-out only: the same held-out loss, AUC and histogram, no training sums
+    c = remote.evaluate(betas, include, curvature=False, heldout="only", label="held-out pass")
+    np.testing.assert_allclose(c.heldout_loss, a.heldout_loss, rtol=1e-10)
+    np.testing.assert_array_equal(c.heldout_auc, a.heldout_auc)
+    np.testing.assert_array_equal(c.heldout_hist, a.heldout_hist)
+    assert np.isnan(c.loss).all() and np.isnan(c.grad).all()
+
+
+def test_heldout_only_needs_no_curvature_and_a_known_mode():
+    X, y, creative, fold = _data()
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F, add_intercept=False)
+    betas = np.zeros((1, K, P))
+    with pytest.raises(ValueError, match="curvature=False"):
+        local.evaluate(betas, ~np.eye(F, dtype=bool)[:1], heldout="only")
+    with pytest.raises(ValueError, match="heldout must be"):
+        local.evaluate(betas, ~np.eye(F, dtype=bool)[:1], curvature=False, heldout="yes")
 
 
 def test_binned_auc_matches_exact_auc():

@@ -59,7 +59,11 @@ def test_cache_oracle_matches_local(spark, max_block_bytes):
             np.testing.assert_array_equal(b.max_abs_eta, a.max_abs_eta)
         assert remote.reloads >= len(cache.parts)
         assert remote.passes == 3
+        h = remote.evaluate(betas, include, curvature=False, heldout="only", label="held-out pass")
+        np.testing.assert_allclose(h.heldout_loss, a.heldout_loss, rtol=1e-10)
+        np.testing.assert_array_equal(h.heldout_hist, a.heldout_hist)
         d = remote.evaluate(betas, include, curvature="diagonal")
+        assert remote.passes == 5
         np.testing.assert_allclose(d.hess_diag, local.evaluate(betas, include, curvature="diagonal").hess_diag,
                                    rtol=1e-10, atol=1e-13)
     finally:
