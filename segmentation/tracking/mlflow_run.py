@@ -151,16 +151,29 @@ class FitTracker:
                                                     "logging the remaining grid points now", logger.error)
             self.timings["children_background"] = logger.busy
         table = cv.table(structure)
+        relaxed: dict = {}
         for _, r in table.iterrows():
             if int(r["lambda_index"]) < 0:            # an alpha that reached no lambda
                 self.client.set_tag(self.run_id, f"stopped.alpha={r['alpha']:g}", _clip(r["warning"], 5000))
                 continue
             key = (int(r["alpha_index"]), int(r["lambda_index"]))
+            g = float(r.get("relax", 1.0))
+            if g < 1.0:
+                relaxed.setdefault(key, []).append(r)
             if key in done:
                 if bool(r["chosen"]):
                     self.client.set_tag(done[key], "chosen", "true")
+                    self.client.set_tag(done[key], "chosen_relax", repr(g))
                 continue
-            done[key] = self._log_child(r.to_dict(), F, chosen=bool(r["chosen"]))
+            done[key] = self._log_child(r.to_dict(), F, chosen=bool(r["chosen"]) and g == 1.0)
+        # the relaxed blends of each grid point: metrics on its child run (step = fold)
+        for key, rows in relaxed.items():
+            metrics = []
+            for r in rows:
+                tag = f"relax_{float(r['relax']):g}"
+                metrics.append((f"{tag}.mean_heldout_deviance", r["mean_deviance"], 0))
+                metrics += [(f"{tag}.heldout_deviance", r[f"deviance_fold{f}"], f) for f in range(F)]
+            self._log(run_id=done[key], metrics=metrics)
         secs = time.time() - t0
         self.timings["children"] = secs
         self.timings["n_children"] = len(done)

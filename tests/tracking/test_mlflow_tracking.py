@@ -107,6 +107,12 @@ def test_run_tree(fitted):
     for key in ["mean_heldout_deviance", "se_heldout_deviance", "mean_heldout_auc", "se_heldout_auc",
                 "fused_creatives", "gamma_nonzero"]:
         assert key in child.data.metrics
+    for key in ["relax_0.mean_heldout_deviance", "relax_0.5.mean_heldout_deviance"]:
+        assert key in child.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "relax_0.heldout_deviance")) \
+        == list(range(FOLDS))
+    chosen_child = next(c for c in children if c.data.tags["chosen"] == "true")
+    assert chosen_child.data.tags.get("chosen_relax", "1.0") == repr(float(fitted["model"].relax))
     hist = client.get_metric_history(child.info.run_id, "heldout_deviance")
     assert sorted(m.step for m in hist) == list(range(FOLDS))
     assert np.mean([m.value for m in hist]) == pytest.approx(child.data.metrics["mean_heldout_deviance"])
