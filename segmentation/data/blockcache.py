@@ -272,6 +272,7 @@ def _scan_cache_partition(batches, *, n_stats: int, n_creatives: int, n_folds: i
     if res is None:
         return
     X, y, creative, fold, stats, clean = res
+    del res                                          # so that ``del X`` frees the unsorted copy
     zero = dict(bad_features=0, bad_response=0, bad_creative=0, bad_fold=0)
     if not clean:
         counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)

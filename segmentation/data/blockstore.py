@@ -606,6 +606,8 @@ def _scan_write_partition(batches, *, tmp_dir: str, n_stats: int, n_creatives: i
     if res is None:
         return
     X, y, creative, fold, stats, clean = res
+    del res                                          # so that ``del X`` frees the unsorted copy
+    p = X.shape[1]
     counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
     file = ""
     if clean:
@@ -613,11 +615,12 @@ def _scan_write_partition(batches, *, tmp_dir: str, n_stats: int, n_creatives: i
         del X
         file = f"block-{pid:05d}.npz"
         save_block(block, os.path.join(tmp_dir, file))
+        del block
     yield pa.RecordBatch.from_pydict({
         "partition": pa.array([pid], pa.int32()),
         "file": pa.array([file], pa.string()),
         "n_rows": pa.array([len(y)], pa.int64()),
-        "n_features": pa.array([res[0].shape[1] if clean else 0], pa.int32()),
+        "n_features": pa.array([p if clean else 0], pa.int32()),
         "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
         "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
         "stats": pa.array([stats.tobytes()], pa.binary()),
