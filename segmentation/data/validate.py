@@ -28,6 +28,13 @@ query: cache it first if it is expensive to produce. Only when the response chec
 another small query fetch example values for the error message. All problems found are
 reported together in one ``DataValidationError`` whose message names each column/key and the
 number of offending rows.
+
+``prepare()`` does not run those aggregations: :func:`scan_and_validate` measures the same
+statistics inside the ``mapInArrow`` that converts the rows into blocks (one read of the
+covariates instead of three; the exact distinct user count stays a Spark ``distinct``), then
+builds the problem list with the same code (:func:`_judge`), so the messages are identical.
+Measured 1M rows x 50 covariates, local[2], in one run (``benchmarks/bench_prepare_scan.py``,
+``benchmarks/results/prepare_scan.md``): see there for prepare() against one aggregate scan.
 """
 from __future__ import annotations
 
