@@ -26,7 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "selection")]
 
-from base_rate_testdata import base_rate_campaign  # noqa: E402
+from base_rate_testdata import base_rate_campaign, oof_calibration  # noqa: E402
 from cv_testdata import design, planted  # noqa: E402
 
 from segmentation.selection.cv import cross_validate  # noqa: E402
@@ -35,19 +35,6 @@ from segmentation.selection.relax import RELAX_GRID  # noqa: E402
 ALPHAS = [0.0, 0.1, 0.2]
 VARIANTS = [("1se_unpaired", None, None), ("min", None, None), ("1se", None, None), ("1se", RELAX_GRID, None),
             ("1se", RELAX_GRID, 1.0)]
-
-
-def oof_calibration(res, d, K):
-    obs, pred, n = np.zeros(K), np.zeros(K), np.zeros(K)
-    for f, fit in enumerate(res.fold_fits):
-        m = d["fold"] == f
-        X = np.column_stack([np.ones(m.sum()), d["X"][m]])
-        c = d["creative"][m]
-        p = 1.0 / (1.0 + np.exp(-np.einsum("ij,ij->i", X, fit.beta[c])))
-        np.add.at(obs, c, d["y"][m])
-        np.add.at(pred, c, p)
-        np.add.at(n, c, 1)
-    return 100 * (pred - obs) / n
 
 
 def name(rule, relax, adaptive):

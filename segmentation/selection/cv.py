@@ -58,6 +58,7 @@ from segmentation.errors import SeparationError
 from segmentation.selection.grid import lambda_grid, null_fits
 from segmentation.selection.jobs import count_jobs
 from segmentation.selection.relax import RELAX_GRID, RelaxResult, blend, relax_path
+from segmentation.selection.scores import HeldoutScores, standard_error
 from segmentation.solver.prox_newton import FitResult, Problem, fit_many
 from segmentation.solver.structure import SegmentStructure
 
@@ -65,7 +66,7 @@ RULES = ("min", "1se", "1se_unpaired")
 
 
 @dataclass
-class PathPoint:
+class PathPoint(HeldoutScores):
     """One (alpha, lambda) grid point: the full-data fit, the fold fits and their held-out metrics."""
     alpha_index: int
     lambda_index: int
@@ -77,31 +78,6 @@ class PathPoint:
     heldout_auc: np.ndarray                  # (F,)
     step_passes: int = 0                     # oracle passes of the fit_many call of this index
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def mean_deviance(self) -> float:
-        d = self.heldout_deviance
-        return float(np.mean(d)) if d.size and np.all(np.isfinite(d)) else math.nan
-
-    @property
-    def se_deviance(self) -> float:
-        return _se(self.heldout_deviance)
-
-    @property
-    def mean_auc(self) -> float:
-        a = self.heldout_auc
-        return float(np.mean(a)) if a.size and np.all(np.isfinite(a)) else math.nan
-
-    @property
-    def se_auc(self) -> float:
-        return _se(self.heldout_auc)
-
-
-def _se(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=float)
-    if x.size < 2 or not np.all(np.isfinite(x)):
-        return math.nan
-    return float(np.std(x, ddof=1) / math.sqrt(x.size))
 
 
 @dataclass
@@ -349,7 +325,7 @@ def paired_delta(pt: PathPoint, best: PathPoint | None) -> tuple[float, float]:
     d = np.asarray(pt.heldout_deviance, float) - np.asarray(best.heldout_deviance, float)
     if d.size == 0 or not np.all(np.isfinite(d)):
         return math.nan, math.nan
-    return float(np.mean(d)), _se(d)
+    return float(np.mean(d)), standard_error(d)
 
 
 def select(points: dict, rule: str):

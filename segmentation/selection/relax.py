@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segmentation.errors import SeparationError
+from segmentation.selection.scores import HeldoutScores
 from segmentation.solver.penalty import PenaltyWeights, to_beta
 from segmentation.solver.prox_newton import FitResult, Problem, fit_many
 from segmentation.solver.structure import SegmentStructure
@@ -70,7 +71,7 @@ def blend(penalised: FitResult, relaxed: FitResult, g: float, structure: Segment
 
 
 @dataclass
-class ScoredPoint:
+class ScoredPoint(HeldoutScores):
     """A candidate of the selection rule: a grid point at relaxation g (g = 1: penalised)."""
     alpha_index: int
     lambda_index: int
@@ -79,23 +80,6 @@ class ScoredPoint:
     lam: float
     heldout_deviance: np.ndarray
     heldout_auc: np.ndarray
-
-    @property
-    def mean_deviance(self) -> float:
-        d = self.heldout_deviance
-        return float(np.mean(d)) if d.size and np.all(np.isfinite(d)) else math.nan
-
-    @property
-    def se_deviance(self) -> float:
-        x = np.asarray(self.heldout_deviance, float)
-        if x.size < 2 or not np.all(np.isfinite(x)):
-            return math.nan
-        return float(np.std(x, ddof=1) / math.sqrt(x.size))
-
-    @property
-    def mean_auc(self) -> float:
-        a = self.heldout_auc
-        return float(np.mean(a)) if a.size and np.all(np.isfinite(a)) else math.nan
 
 
 @dataclass

@@ -36,3 +36,18 @@ def base_rate_campaign(n_per_creative: int = 35_000, seed: int = 0, n_folds: int
     oracle = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=n_folds, n_blocks=2)
     rates = np.array([prob[creative == c].mean() for c in range(K)])
     return st, oracle, dict(X=X, y=y, creative=creative, fold=fold, rates=rates, beta=beta)
+
+
+def oof_calibration(res, d, K):
+    """Per creative: (mean out-of-fold predicted - observed response), in points, from the
+    fold models of a ``CVResult`` (each scored on the fold it did not see)."""
+    obs, pred, n = np.zeros(K), np.zeros(K), np.zeros(K)
+    for f, fit in enumerate(res.fold_fits):
+        m = d["fold"] == f
+        X = np.column_stack([np.ones(m.sum()), d["X"][m]])
+        c = d["creative"][m]
+        p = 1.0 / (1.0 + np.exp(-np.einsum("ij,ij->i", X, fit.beta[c])))
+        np.add.at(obs, c, d["y"][m])
+        np.add.at(pred, c, p)
+        np.add.at(n, c, 1)
+    return 100 * (pred - obs) / n

@@ -10,24 +10,10 @@ import pytest
 from segmentation.selection.cv import cross_validate
 from segmentation.selection.relax import LIGHT, blend
 
-from base_rate_testdata import base_rate_campaign
+from base_rate_testdata import base_rate_campaign, oof_calibration
 from cv_testdata import design, planted
 
 ALPHAS = [0.0, 0.1, 0.2]
-
-
-def _oof_calibration(res, d, K):
-    """Per creative: (mean predicted - observed response) in points, out of fold."""
-    obs, pred, n = np.zeros(K), np.zeros(K), np.zeros(K)
-    for f, fit in enumerate(res.fold_fits):
-        m = d["fold"] == f
-        X = np.column_stack([np.ones(m.sum()), d["X"][m]])
-        c = d["creative"][m]
-        p = 1.0 / (1.0 + np.exp(-np.einsum("ij,ij->i", X, fit.beta[c])))
-        np.add.at(obs, c, d["y"][m])
-        np.add.at(pred, c, p)
-        np.add.at(n, c, 1)
-    return 100 * (pred - obs) / n
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def test_default_rule_does_not_fuse_creatives_with_different_base_rates(base_rat
     final = res.final_fit
     # s1 (33 %) and s3 (39 %) keep their own coefficients; s2 (36 %) may represent the segment
     assert not final.fused[st.creatives.index("s1")] and not final.fused[st.creatives.index("s3")]
-    calib = _oof_calibration(res, d, st.n_creatives)
+    calib = oof_calibration(res, d, st.n_creatives)
     assert np.all(np.abs(calib) < 0.5), calib
     # the T creatives, which do respond alike, stay fused
     assert all(final.fused[st.creatives.index(c)] for c in ("t1", "t2", "t3"))
@@ -58,7 +44,7 @@ def test_unpaired_rule_reproduces_the_wrong_fusion(base_rate):
     st, oracle, d = base_rate
     res = cross_validate(oracle, st, ALPHAS, n_lambda=20, rule="1se_unpaired", progress=None, relax=None)
     assert res.final_fit.fused[:3].all()
-    calib = _oof_calibration(res, d, st.n_creatives)
+    calib = oof_calibration(res, d, st.n_creatives)
     assert np.abs(calib[[0, 2]]).min() > 2.0, calib
 
 
