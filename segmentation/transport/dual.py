@@ -1,0 +1,295 @@
+"""Capacity-constrained assignment of users to K offered treatments, through its dual.
+
+Primal (an optimal transport / transportation LP), x_it >= 0:
+
+    max  sum_{i,t} v_it x_it   s.t.  sum_t x_it = 1 (every user),  L_t <= sum_i x_it <= U_t.
+
+Dual, with one price p_t per treatment (p_t = alpha_t - beta_t for the multipliers of the upper
+and lower capacity rows):
+
+    D(p) = sum_i max_t (v_it - p_t) + sum_t c_t(p_t),   c_t(p) = U_t p if p >= 0 else L_t p,
+
+convex and piecewise linear; min_p D(p) = the primal optimum (LP duality). Users take
+argmax_t v_it - p_t; ``g_t = c_t'(p_t) - #{i takes t}`` is a subgradient, so the prices rise on
+over-subscribed treatments and fall on under-subscribed ones.
+
+The prices are found by a box-step cutting-plane method on D (Kelley's model
+min_p max_j D(p_j) + g_j.(p - p_j) restricted to a box around the best point, a (K+1)-variable
+LP solved on the driver; the box doubles after a good step and halves after a poor one). Each
+iterate costs one pass over the users (``kernel.batch_rows``), which also returns, for a ladder
+of tolerances delta, the users grouped by candidate set A_i(delta) = {t : v_it - p_t >= max - delta}.
+
+Primal recovery: for each delta, the transportation LP over the groups (y_gt = head count of
+group g sent to t in A_g, sum_t y_gt = m_g, L_t <= sum_g y_gt <= U_t, value sum y_gt mean_g(v_t))
+is solved by HiGHS simplex; its vertex is integral (totally unimodular, integer data). Giving
+every user of g the fractions y_gt / m_g is a feasible primal whose value is exactly the LP's.
+The integral assignment splits g by a seeded hash rank instead (the first y_g0 users of g in hash
+order to the first treatment of A_g, ...), so capacities hold exactly; a user's value then
+differs from the fractional one by at most delta (both lie within delta of b_i + p_t), so its
+value is at least LP value - delta * (users in ambiguous groups). The method stops when the
+duality gap D(p_best) - that certified lower bound is at most ``tol`` relative; the gap of the
+materialised assignment is reported exactly afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import linprog
+
+from segmentation.transport.capacity import Capacities
+from segmentation.transport.kernel import PriceStats, assign_rows, batch_rows, merge_rows, user_hash
+
+log = logging.getLogger(__name__)
+
+DELTA_EXPONENTS = (None, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)   # None: exact ties only
+
+
+def delta_ladder(scale: float) -> np.ndarray:
+    """Tolerances for candidate sets: 0 and scale * 10^-j."""
+    scale = max(float(scale), 1e-300)
+    return np.array([0.0 if e is None else scale * 10.0 ** -e for e in DELTA_EXPONENTS])
+
+
+def capacity_term(p: np.ndarray, caps: Capacities) -> float:
+    return float(np.sum(np.where(p >= 0, caps.upper * p, caps.lower * p)))
+
+
+def subgradient(p: np.ndarray, counts: np.ndarray, caps: Capacities) -> np.ndarray:
+    """A subgradient of D at p (at p_t = 0 the capacity term's slope is chosen in [L_t, U_t])."""
+    slope = np.where(p > 0, caps.upper, np.where(p < 0, caps.lower, np.clip(counts, caps.lower, caps.upper)))
+    return slope.astype(np.float64) - counts
+
+
+@dataclass
+class SplitPlan:
+    """What the final assignment needs: prices, a tolerance and the head counts of each group."""
+
+    prices: np.ndarray
+    delta: float
+    splits: dict            # ambiguous mask -> int64 head counts per treatment (length K)
+    lp_value: float         # value of the fractional split (exact)
+    n_ambiguous: int
+
+    @property
+    def certified(self) -> float:
+        """Lower bound on the value of the hash-rounded assignment."""
+        return self.lp_value - self.delta * self.n_ambiguous
+
+
+@dataclass
+class DualResult:
+    prices: np.ndarray      # best dual prices
+    dual: float             # D(prices)
+    plan: SplitPlan
+    iterations: int
+    converged: bool
+    gap_bound: float        # dual - plan.certified
+    history: list = field(default_factory=list)
+
+
+def group_lp(stats: PriceStats, level: int, caps: Capacities, K: int):
+    """The transportation LP over the candidate-set groups of one tolerance level.
+
+    Returns (value, splits for ambiguous masks, n in ambiguous groups) or None if infeasible.
+    """
+    keys = sorted(m for (lv, m) in stats.groups if lv == level)
+    var_g, var_t, obj = [], [], []
+    for gi, mask in enumerate(keys):
+        vec = stats.groups[(level, mask)]
+        m = vec[0]
+        for t in range(K):
+            if mask >> t & 1:
+                var_g.append(gi)
+                var_t.append(t)
+                obj.append(vec[1 + t] / m)
+    nv, ng = len(obj), len(keys)
+    if nv == 0:
+        return None
+    var_g, var_t = np.array(var_g), np.array(var_t)
+    sizes = np.array([stats.groups[(level, m)][0] for m in keys])
+    fixed = np.array([bin(m).count("1") == 1 for m in keys])
+    # only the ambiguous groups are free; fixed groups just use capacity
+    used = np.zeros(K)
+    base = 0.0
+    for gi, mask in enumerate(keys):
+        if fixed[gi]:
+            t = int(mask).bit_length() - 1
+            used[t] += sizes[gi]
+            base += stats.groups[(level, mask)][1 + t]
+    if np.any(used > caps.upper):
+        return None
+    amb_mass = np.zeros(K)
+    for gi, mask in enumerate(keys):
+        if not fixed[gi]:
+            amb_mass[[t for t in range(K) if mask >> t & 1]] += sizes[gi]
+    if np.any(used + amb_mass < caps.lower):
+        return None                 # cheap necessary condition: skip the LP
+    free = ~fixed[var_g]
+    if not free.any():
+        if np.all(used >= caps.lower) and np.all(used <= caps.upper):
+            return base, {}, 0
+        return None
+    fg = var_g[free]
+    ft = var_t[free]
+    fo = np.array(obj)[free]
+    amb_groups = np.unique(fg)
+    row_of = {g: r for r, g in enumerate(amb_groups)}
+    A_eq = np.zeros((len(amb_groups), len(fo)))
+    for j, g in enumerate(fg):
+        A_eq[row_of[g], j] = 1.0
+    b_eq = sizes[amb_groups]
+    A_cap = np.zeros((K, len(fo)))
+    A_cap[ft, np.arange(len(fo))] = 1.0
+    A_ub = np.vstack([A_cap, -A_cap])
+    b_ub = np.concatenate([caps.upper - used, -(caps.lower - used)])
+    res = linprog(-fo, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=(0, None), method="highs-ds")
+    if res.status != 0:
+        return None
+    y = np.rint(res.x)
+    if np.max(np.abs(y - res.x)) > 1e-6 or np.any(A_cap @ y > caps.upper - used + 0.5) \
+            or np.any(A_cap @ y < caps.lower - used - 0.5) or np.any(np.abs(A_eq @ y - b_eq) > 0.5):
+        return None                 # not an integral vertex (should not happen with simplex)
+    splits = {}
+    for j, (g, t) in enumerate(zip(fg, ft)):
+        splits.setdefault(int(keys[g]), np.zeros(K, dtype=np.int64))[t] += int(y[j])
+    value = base + float(fo @ y)
+    return value, splits, int(b_eq.sum())
+
+
+def best_plan(stats: PriceStats, p: np.ndarray, deltas: np.ndarray, caps: Capacities, K: int):
+    best = None
+    for level, delta in enumerate(deltas):
+        out = group_lp(stats, level, caps, K)
+        if out is None:
+            continue
+        value, splits, n_amb = out
+        plan = SplitPlan(prices=p.copy(), delta=float(delta), splits=splits, lp_value=value, n_ambiguous=n_amb)
+        if best is None or plan.certified > best.certified:
+            best = plan
+    return best
+
+
+def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int, caps: Capacities,
+               scale: float, tol: float = 1e-9, max_iter: int = 500, p0: np.ndarray | None = None) -> DualResult:
+    """Minimise D(p) by box-step cutting planes; ``evaluate(p, deltas)`` is one pass over the users.
+
+    ``scale`` is the spread of the values (max - min): it sets the price box and the tolerance
+    ladder. Stops when (D(p_best) - certified primal) <= tol * max(|D|, 1e-12 * scale * n).
+    """
+    scale = float(scale) if scale > 0 else 1.0
+    deltas = delta_ladder(scale)
+    R = 2.0 * scale + 1.0
+    p = np.zeros(K) if p0 is None else np.asarray(p0, dtype=np.float64).copy()
+    cuts_g, cuts_b = [], []
+    center, d_center = None, math.inf
+    box = scale / 2.0
+    best_plan_ = None
+    history = []
+    predicted = None
+    it = 0
+    converged = False
+    for it in range(1, max_iter + 1):
+        st = evaluate(p, deltas)
+        n = st.n
+        D = st.smax + capacity_term(p, caps)
+        g = subgradient(p, st.counts, caps)
+        cuts_g.append(g)
+        cuts_b.append(g @ p - D)            # z >= D + g.(q - p)  <=>  g.q - z <= g.p - D
+        plan = best_plan(st, p, deltas, caps, K)
+        if plan is not None and (best_plan_ is None or plan.certified > best_plan_.certified):
+            best_plan_ = plan
+        if D < d_center:
+            actual = d_center - D
+            if predicted is not None and actual < 0.5 * predicted:
+                box = max(box / 2.0, 1e-15 * scale)
+            elif predicted is not None:
+                box = min(box * 2.0, R)
+            center, d_center = p.copy(), D
+        elif predicted is not None:
+            box = max(box / 2.0, 1e-15 * scale)
+        gap = d_center - (best_plan_.certified if best_plan_ is not None else -math.inf)
+        denom = max(abs(d_center), 1e-12 * scale * max(n, 1))
+        history.append({"iteration": it, "dual": D, "best_dual": d_center,
+                        "primal_bound": None if best_plan_ is None else best_plan_.certified,
+                        "gap": gap, "box": box})
+        log.debug("transport iter %d: D=%.12g best=%.12g gap=%.3g box=%.3g", it, D, d_center, gap, box)
+        if gap <= tol * denom:
+            converged = True
+            break
+        lo = np.maximum(center - box, -R)
+        hi = np.minimum(center + box, R)
+        c = np.zeros(K + 1)
+        c[-1] = 1.0
+        A = np.hstack([np.array(cuts_g), -np.ones((len(cuts_g), 1))])
+        res = linprog(c, A_ub=A, b_ub=np.array(cuts_b), bounds=list(zip(lo, hi)) + [(None, None)],
+                      method="highs")
+        if res.status != 0:
+            raise RuntimeError(f"cutting-plane master LP failed: {res.message}")
+        p = res.x[:K]
+        predicted = d_center - res.x[K]
+        if predicted <= 1e-15 * denom and box >= R:
+            # the model certifies the centre optimal on the whole price box; nothing left to gain
+            p = center.copy()
+    if best_plan_ is None:
+        raise RuntimeError("no feasible split of the tied users was found (capacities infeasible?)")
+    if not converged:
+        warnings.warn(f"transport: duality gap {d_center - best_plan_.certified:.3g} above tolerance after "
+                      f"{max_iter} price updates", RuntimeWarning, stacklevel=2)
+    return DualResult(prices=center, dual=d_center, plan=best_plan_, iterations=it, converged=converged,
+                      gap_bound=d_center - best_plan_.certified, history=history)
+
+
+@dataclass
+class Assignment:
+    """A solved allocation over the offered treatments (indices into them)."""
+
+    treatment: np.ndarray   # per user, index into the offered treatments
+    value: float            # sum_i v_i,treatment(i)
+    counts: np.ndarray
+    result: DualResult
+
+    @property
+    def gap(self) -> float:
+        return self.result.dual - self.value
+
+
+def hash_ranks(ids, seed: int, masks: np.ndarray) -> np.ndarray:
+    """0-based rank of each user within its candidate-set group, by (seeded hash, id)."""
+    ids = np.asarray(ids)
+    h = user_hash(ids, seed)
+    order = np.lexsort((ids, h, masks))
+    rank = np.empty(len(ids), dtype=np.int64)
+    sm = masks[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sm)) + 1]
+    run = np.repeat(starts, np.diff(np.r_[starts, len(sm)]))
+    rank[order] = np.arange(len(sm)) - run
+    return rank
+
+
+def solve_numpy(V: np.ndarray, caps: Capacities, ids=None, seed: int = 0, tol: float = 1e-9,
+                max_iter: int = 500) -> Assignment:
+    """The whole algorithm in memory: V is n x K (users x offered treatments)."""
+    from segmentation.transport.kernel import candidate_masks
+
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    n, K = V.shape
+    if n != caps.n:
+        raise ValueError(f"capacities were computed for {caps.n} users, the values have {n}")
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    scale = float(V.max() - V.min()) if n else 1.0
+
+    def evaluate(p, deltas):
+        return merge_rows(batch_rows(V, p, deltas), K)
+
+    res = solve_dual(evaluate, K, caps, scale, tol=tol, max_iter=max_iter)
+    plan = res.plan
+    masks = candidate_masks(V, plan.prices, plan.delta)
+    rank = hash_ranks(ids, seed, masks) if plan.splits else None
+    t = assign_rows(V, plan.prices, plan.delta, plan.splits, rank)
+    value = float(V[np.arange(n), t].sum())
+    return Assignment(treatment=t, value=value, counts=np.bincount(t, minlength=K), result=res)
