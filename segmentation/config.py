@@ -173,6 +173,48 @@ class TargetingConfig(_Section):
     cost_per_contact: float = Field(0.0, ge=0)
 
 
+class TransportConfig(_Section):
+    """Coarse personalization (segmentation.transport): offer at most ``max_treatments``.
+
+    ``min_share`` / ``max_share`` map a treatment to a share of users (a treatment with a positive
+    minimum share is always offered); ``costs`` are per-treatment costs subtracted from model-based
+    values; ``values`` is a user value table (one numeric column per treatment) instead of a model.
+    """
+
+    max_treatments: int = Field(ge=1)
+    treatments: Optional[list[str]] = None
+    min_share: dict[str, float] = Field(default_factory=dict)
+    max_share: dict[str, float] = Field(default_factory=dict)
+    costs: dict[str, float] = Field(default_factory=dict)
+    values: Optional[str] = Field(None, description="value table path; default: the fitted model")
+    user_col: str = "user_id"
+    seed: int = 0
+    tol: float = Field(1e-9, gt=0, description="relative duality gap to stop at")
+    exact_limit: int = Field(200, ge=0, description="enumerate every set when C(|T|, S) is at most this")
+
+    @model_validator(mode="after")
+    def _limits(self):
+        from segmentation.transport.capacity import check_shares
+
+        if self.treatments is not None:
+            if len(set(self.treatments)) != len(self.treatments):
+                raise ValueError("transport.treatments: a treatment is listed twice")
+            if self.max_treatments > len(self.treatments):
+                raise ValueError(f"transport.max_treatments = {self.max_treatments} exceeds the number of "
+                                 f"treatments in transport.treatments ({len(self.treatments)})")
+            for name in ("min_share", "max_share", "costs"):
+                unknown = sorted(set(getattr(self, name)) - set(self.treatments))
+                if unknown:
+                    raise ValueError(f"transport.{name}: unknown treatment(s) {unknown}")
+        forced = [t for t, s in self.min_share.items() if s > 0]
+        if len(forced) > self.max_treatments:
+            raise ValueError(f"transport.min_share: {len(forced)} treatments have a positive minimum share "
+                             f"and must all be offered, but transport.max_treatments = {self.max_treatments}")
+        # min shares of the forced set must fit; max shares are checked against the offered set later
+        check_shares(forced, self.min_share, {}, key="transport")
+        return self
+
+
 class SegmentConfig(_Section):
     """Root of the config file."""
 
@@ -187,6 +229,7 @@ class SegmentConfig(_Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     evaluate: bool = False
     targeting: Optional[TargetingConfig] = None
+    transport: Optional[TransportConfig] = None
 
     @model_validator(mode="after")
     def _segments(self):
