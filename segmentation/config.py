@@ -166,6 +166,28 @@ class MlflowConfig(_Section):
     tracking_uri: Optional[str] = None
     experiment: str = "creative-segmentation"
     run_name: Optional[str] = None
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on the fit's run, e.g. "
+                                 "--set mlflow.tags.airflow.ds={{ ds }} (nested keys join with '.')")
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _flat_tags(cls, v):
+        """``{airflow: {ds: 2024-01-01}}`` -> ``{"airflow.ds": "2024-01-01"}``; values as text
+        (YAML reads a bare date or number, a tag is a string)."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, node) -> None:
+            for k, x in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(x, dict):
+                    walk(key, x)
+                else:
+                    out[key] = "" if x is None else str(x)
+
+        walk("", v)
+        return out
 
 
 class TargetingConfig(_Section):

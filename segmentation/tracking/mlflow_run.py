@@ -4,7 +4,9 @@
   ``sqlite:///<cwd>/mlflow.db`` (embedded store, no server). A new experiment on a sqlite store
   keeps its artifacts in ``mlartifacts/`` beside the database file.
 - Parent run (one per fit): the flattened config as params, data facts (``data.*`` facts as
-  params and metrics), tags (data path, date, kind) and a run name with the data path and date.
+  params and metrics), tags (data path, date, kind, and ``mlflow.tags`` from the config, e.g.
+  ``airflow.ds`` and ``airflow.run_id`` from the example DAG) and a run name with the data path
+  and date.
 - One nested child per (alpha, lambda) grid point: params lambda, alpha, lambda_index; metrics
   ``heldout_deviance`` and ``heldout_auc`` at step = fold index, their ``mean_*`` and ``se_*``,
   ``fused_creatives``, ``gamma_nonzero``, ``iterations``, ``passes``, ``residual``; tag
@@ -70,6 +72,7 @@ class FitTracker:
                 "segmentation.date": now.strftime("%Y-%m-%d"),
                 "segmentation.model_dir": os.path.abspath(cfg.output.model_dir),
                 "segmentation.selection": "single" if cfg.model.single else f"cv-{cfg.cv.rule}"}
+        tags.update(cfg.mlflow.tags)         # e.g. airflow.ds / airflow.run_id from the DAG
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self.run_name = run_name
