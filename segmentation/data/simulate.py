@@ -16,7 +16,10 @@ The generative model (all numpy, seeded; same seed and parameters -> same data a
   creatives) whose vector is far away: its main slope is flipped, it responds to another
   covariate and its intercept is higher.
 - Exposures: each user is shown ``exposures_per_user`` distinct creatives uniformly at random
-  (default 1) and responds with probability ``sigmoid(beta_creative . x)``.
+  (default 1) and responds with probability ``sigmoid(beta_creative . x)``. With
+  ``exposure_weights`` (one positive weight per creative) creative k is drawn with probability
+  w_k / sum(w) instead (several per user: the Gumbel top-e trick, i.e. successive draws without
+  replacement), so some creatives can be shown to a few hundred users and others to thousands.
 - A user's true segment is ``argmax_j gamma_j . x`` (the segment whose creatives it responds to
   best).
 
@@ -59,6 +62,7 @@ class CampaignDesign:
     base_rate: float = 0.08
     deviant: bool = True
     exposures_per_user: int = 1
+    exposure_weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
         """Reject designs the generator cannot honour (ValueError)."""
@@ -74,6 +78,19 @@ class CampaignDesign:
             raise ValueError("base_rate must be in (0, 1)")
         if not 1 <= self.exposures_per_user <= self.n_creatives:
             raise ValueError(f"exposures_per_user must be in 1..{self.n_creatives}")
+        if self.exposure_weights is not None:
+            w = np.asarray(self.exposure_weights, dtype=float)
+            if w.shape != (self.n_creatives,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+                raise ValueError(f"exposure_weights must be {self.n_creatives} positive finite "
+                                 f"numbers (one per creative)")
+
+    @property
+    def exposure_probs(self) -> np.ndarray | None:
+        """(K,) probability of each creative per draw, or None (uniform)."""
+        if self.exposure_weights is None:
+            return None
+        w = np.asarray(self.exposure_weights, dtype=float)
+        return w / w.sum()
 
     # ---------------------------------------------------------------- names and shapes
     @property
@@ -215,10 +232,16 @@ def _generate(design: CampaignDesign, n_users: int, seed: int, chunk_size: int):
         X, region = _chunk_users(design, seed, chunk, n)
         true_seg = np.argmax(_scores(gamma_num, gamma_reg, X, region), axis=1)
         rng = np.random.default_rng([seed, _EXPOSURE_STREAM, chunk])
-        if e == 1:
+        probs = design.exposure_probs
+        if probs is None and e == 1:
             shown = rng.integers(K, size=(n, 1))
-        else:
+        elif probs is None:
             shown = np.argsort(rng.random((n, K)), axis=1)[:, :e]
+        elif e == 1:
+            shown = rng.choice(K, size=(n, 1), p=probs)
+        else:                      # Gumbel top-e: weighted draws without replacement
+            keys = np.log(probs) - np.log(-np.log(rng.random((n, K))))
+            shown = np.argsort(-keys, axis=1)[:, :e]
         rows = np.repeat(np.arange(n), e)
         creative = shown.reshape(-1)
         eta = (beta_num[creative, 0] + np.einsum("ij,ij->i", X[rows], beta_num[creative, 1:])
@@ -253,6 +276,8 @@ def _truth(design: CampaignDesign, region_counts: np.ndarray, *, seed: int, n_us
         "n_users": int(n_users),
         "n_exposures": int(n_exposures),
         "exposures_per_user": int(design.exposures_per_user),
+        "exposure_weights": None if design.exposure_weights is None
+        else list(design.exposure_weights),
         "base_rate": float(design.base_rate),
         "response_rate": float(n_positive / max(n_exposures, 1)),
         "columns": {"user": "user_id", "creative": "creative", "response": "response"},
@@ -291,13 +316,15 @@ class SimulatedCampaign:
 
 
 def _design(n_numeric, segment_sizes, base_rate, deviant, exposures_per_user, region_levels,
-            region_probs) -> CampaignDesign:
+            region_probs, exposure_weights=None) -> CampaignDesign:
     """A validated CampaignDesign from plain arguments."""
     return CampaignDesign(
         n_numeric=int(n_numeric), segment_sizes=tuple(int(s) for s in segment_sizes),
         region_levels=tuple(str(r) for r in region_levels),
         region_probs=tuple(float(p) for p in region_probs), base_rate=float(base_rate),
         deviant=bool(deviant), exposures_per_user=int(exposures_per_user),
+        exposure_weights=None if exposure_weights is None
+        else tuple(float(w) for w in exposure_weights),
     )
 
 
@@ -306,12 +333,12 @@ def simulate_arrays(n_users: int = 20_000, seed: int = 0, *, n_numeric: int = 5,
                     exposures_per_user: int = 1,
                     region_levels=("north", "south", "east", "west"),
                     region_probs=(0.4, 0.3, 0.2, 0.1),
-                    chunk_size: int = 100_000) -> SimulatedCampaign:
+                    chunk_size: int = 100_000, exposure_weights=None) -> SimulatedCampaign:
     """Simulate a campaign in memory; same rows as ``simulate_campaign`` with the same arguments."""
     import pandas as pd
 
     design = _design(n_numeric, segment_sizes, base_rate, deviant, exposures_per_user,
-                     region_levels, region_probs)
+                     region_levels, region_probs, exposure_weights)
     exp_parts, user_parts = [], []
     region_counts = np.zeros(len(design.region_levels), dtype=np.int64)
     seg_counts = np.zeros(len(design.segment_sizes), dtype=np.int64)
@@ -397,7 +424,8 @@ def simulate_campaign(out_dir: str, n_users: int = 200_000, seed: int = 0, *, n_
                       exposures_per_user: int = 1,
                       region_levels=("north", "south", "east", "west"),
                       region_probs=(0.4, 0.3, 0.2, 0.1), chunk_size: int = 100_000,
-                      chunks_per_file: int = 1, overwrite: bool = False) -> dict:
+                      chunks_per_file: int = 1, overwrite: bool = False,
+                      exposure_weights=None) -> dict:
     """Write a simulated campaign to ``out_dir``; return the truth dict (plus ``out_dir``).
 
     Files: ``exposures/part-*.parquet`` (user_id string, creative string, response int64 0/1,
@@ -421,7 +449,7 @@ def simulate_campaign(out_dir: str, n_users: int = 200_000, seed: int = 0, *, n_
         if os.listdir(out_dir) and not overwrite:
             raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
     design = _design(n_numeric, segment_sizes, base_rate, deviant, exposures_per_user,
-                     region_levels, region_probs)
+                     region_levels, region_probs, exposure_weights)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex}")

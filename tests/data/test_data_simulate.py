@@ -138,3 +138,20 @@ def test_parameters():
     assert sim.truth["feature_names"][:4] == ["intercept", "x1", "x2", "x3"]
     assert sim.truth["deviant_creatives"] == []
     assert sim.segments == {"seg1": ["cr01", "cr02"], "seg2": ["cr03"], "seg3": ["cr04"]}
+
+
+def test_exposure_weights_set_each_creatives_share():
+    w = np.array([1.0, 10.0, 10.0, 5.0, 4.0, 10.0, 10.0, 10.0, 10.0, 20.0])
+    sim = simulate_arrays(40_000, seed=3, exposure_weights=w)
+    share = sim.exposures.creative.value_counts(normalize=True).reindex(sim.truth["creatives"])
+    expected = w / w.sum()
+    # binomial 99.9% bounds on each share
+    se = np.sqrt(expected * (1 - expected) / 40_000)
+    assert np.all(np.abs(share.to_numpy() - expected) < 3.3 * se), (share.to_numpy(), expected)
+    assert sim.truth["exposure_weights"] == w.tolist()
+    two = simulate_arrays(5_000, seed=3, exposures_per_user=2, exposure_weights=w).exposures
+    assert (two.groupby("user_id").creative.nunique() == 2).all()
+    with pytest.raises(ValueError, match="exposure_weights"):
+        simulate_arrays(10, exposure_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="exposure_weights"):
+        simulate_arrays(10, exposure_weights=[0.0] + [1.0] * 9)
