@@ -199,8 +199,11 @@ class TransportConfig(_Section):
     """Coarse personalization (segmentation.transport): offer at most ``max_treatments``.
 
     ``min_share`` / ``max_share`` map a treatment to a share of users (a treatment with a positive
-    minimum share is always offered); ``costs`` are per-treatment costs subtracted from model-based
-    values; ``values`` is a user value table (one numeric column per treatment) instead of a model.
+    minimum share is always offered); ``costs`` are per-treatment costs subtracted from the values;
+    ``values`` is a user value table (one numeric column per treatment) instead of a model; with a
+    model, ``users`` is the table of users to score (default: the users of ``data.exposures``) and
+    ``out_of_fold`` scores each user of the exposures with a fold model that did not see them and
+    estimates the allocation's value on those held-out exposures (``segment allocate``).
     """
 
     max_treatments: int = Field(ge=1)
@@ -209,7 +212,15 @@ class TransportConfig(_Section):
     max_share: dict[str, float] = Field(default_factory=dict)
     costs: dict[str, float] = Field(default_factory=dict)
     values: Optional[str] = Field(None, description="value table path; default: the fitted model")
-    user_col: str = "user_id"
+    users: Optional[str] = Field(None, description="user table scored by the model (default: the users "
+                                                   "of data.exposures)")
+    format: Optional[Literal["parquet", "csv", "delta", "table"]] = Field(
+        None, description="format of transport.values / transport.users (default: from the path)")
+    user_col: Optional[str] = Field(None, description="user id column (default: data.user_col)")
+    out_of_fold: bool = Field(False, description="model values from cross-fitted fold models, and the "
+                                                 "allocation's held-out value by the evaluation's DR estimator")
+    output_dir: Optional[str] = Field(None, description="where segment allocate writes (default: "
+                                                        "<output.model_dir>/allocation)")
     seed: int = 0
     tol: float = Field(1e-9, gt=0, description="relative duality gap to stop at")
     exact_limit: int = Field(200, ge=0, description="enumerate every set when C(|T|, S) is at most this")
@@ -232,8 +243,24 @@ class TransportConfig(_Section):
         if len(forced) > self.max_treatments:
             raise ValueError(f"transport.min_share: {len(forced)} treatments have a positive minimum share "
                              f"and must all be offered, but transport.max_treatments = {self.max_treatments}")
-        # min shares of the forced set must fit; max shares are checked against the offered set later
-        check_shares(forced, self.min_share, {}, key="transport")
+        # share ranges and min <= max for every listed treatment; the min shares of the forced set
+        # must fit (max shares are checked against the treatments and the offered set later)
+        for name in ("min_share", "max_share"):
+            for t, v in getattr(self, name).items():
+                if not 0.0 <= float(v) <= 1.0:
+                    raise ValueError(f"transport.{name}.{t}: a share must lie in [0, 1] (got {v})")
+        for t, v in self.min_share.items():
+            if float(v) > float(self.max_share.get(t, 1.0)) + 1e-9:
+                raise ValueError(f"transport.min_share.{t} = {v} exceeds transport.max_share.{t} = "
+                                 f"{self.max_share[t]}")
+        if forced:
+            check_shares(forced, self.min_share, {}, key="transport")
+        if self.values is not None and (self.users is not None or self.out_of_fold):
+            raise ValueError("transport.values is a value table: transport.users and transport.out_of_fold "
+                             "apply to model-based values only")
+        if self.users is not None and self.out_of_fold:
+            raise ValueError("transport.out_of_fold scores the users of data.exposures with fold models; "
+                             "it cannot be combined with transport.users")
         return self
 
 
