@@ -406,7 +406,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    rule: str = "1se", tol: float = 1e-6, max_iter: int = 50,
                    progress: Callable[[str], None] | None = print, spark=None,
                    name: str = "cv", on_point: Callable[[dict], None] | None = None,
-                   curvature: str = "auto", relax=RELAX_GRID, adaptive: float | None = None) -> CVResult:
+                   curvature: str = "auto", relax=RELAX_GRID, adaptive: float | None = None,
+                   checkpoint=None) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -424,6 +425,9 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     ``spark`` defaults to ``oracle.spark`` when it has one; jobs
     are then counted with a job group (``jobs.count_jobs``). ``curvature`` is the solver's
     curvature mode (``solver.curvature``: full Hessians, diagonal for large p, or auto).
+    ``checkpoint``: a ``checkpoint.PathCheckpoint``; every completed stage (null models, each
+    lambda index, the last held-out pass, the relaxed refits) is written to it, and stages it
+    already holds are read back instead of computed (a killed run resumes at the next lambda).
     """
     t0 = time.time()
     alphas = [float(a) for a in alphas]
@@ -440,11 +444,17 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0, on_point, curvature, adaptive)
+                   max_iter, say, name, passes0, on_point, curvature, adaptive, checkpoint)
         res._structure = structure
         if F and relax is not None and len(relax) and any(g < 1 for g in relax):
-            res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
-                                   curvature=curvature, say=say, name=name)
+            res.relax = checkpoint.load("relax") if checkpoint is not None else None
+            if res.relax is None:
+                res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
+                                       curvature=curvature, say=say, name=name)
+                if checkpoint is not None:
+                    checkpoint.save("relax", res.relax)
+            else:
+                say(f"[{name}] relaxed refits read back from the checkpoint")
     res.jobs = jc.jobs if spark is not None else None
     res.job_group = jc.group if spark is not None else None
     res.passes = oracle.passes - passes0
@@ -458,7 +468,30 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
 
 
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-         name, passes0, on_point=None, curvature: str = "auto", adaptive=None) -> CVResult:
+         name, passes0, on_point=None, curvature: str = "auto", adaptive=None,
+         checkpoint=None) -> CVResult:
+    A = len(alphas)
+    saved = checkpoint.load("null") if checkpoint is not None else None
+    if saved is not None:
+        null, lmax, stopped, W, null_passes = (saved[k] for k in ("null", "lmax", "stopped", "W",
+                                                                  "null_passes"))
+        say(f"[{name}] resuming attempt {(checkpoint.previous or {}).get('attempt', '?')}: null models and "
+            f"lambda_max read back from the checkpoint")
+    else:
+        null, lmax, stopped, W = _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol,
+                                             max_iter, say, name, curvature, adaptive)
+        null_passes = oracle.passes - passes0
+        if checkpoint is not None:
+            checkpoint.save("null", {"null": list(null), "lmax": np.asarray(lmax, dtype=float),
+                                     "stopped": dict(stopped), "W": W, "null_passes": null_passes})
+    return _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
+                 name, on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes)
+
+
+def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter, say, name,
+                curvature, adaptive):
+    """Null models of every alpha (alpha by alpha after a separation) and, for an adaptive
+    penalty, its factors and weighted null models: (null, lambda_max, stopped, weights)."""
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
     stopped: dict[int, str] = {}
@@ -485,7 +518,13 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
                                          float(adaptive), tol, max_iter, curvature, name, stopped)
         say(f"[{name}] adaptive penalty (power {adaptive:g}): weights from initial fits at the end "
             f"of each alpha's plain grid, on each fold's own training rows")
-    null_passes = oracle.passes - passes0
+    return null, lmax, stopped, W
+
+
+def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say, name,
+          on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes) -> CVResult:
+    """The warm-started lambda paths of every alpha (module docstring, steps 2-3)."""
+    A = len(alphas)
     if lambdas is None:
         bad = [a for i, (a, m) in enumerate(zip(alphas, lmax))
                if i not in stopped and not (np.isfinite(m) and m > 0)]
@@ -546,7 +585,29 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         say(f"[{name}] lambda {k + 1}/{n_steps}: {st['passes']} passes {st['seconds']:.1f}s{extra} | "
             + " | ".join(parts))
 
-    for k in range(n_steps):
+    k0 = 0
+    while checkpoint is not None and k0 < n_steps:
+        st = checkpoint.load(checkpoint.step_name(k0))
+        if st is None:
+            break
+        points.update(st["points"])
+        steps.append(st["step"])
+        stopped.update(st["stopped"])
+        found.update(st["found"])
+        k0 += 1
+    if k0:
+        for (a, k), p in sorted(points.items()):          # the last point of each path
+            prev_full[a] = p.full
+            for f in range(F):
+                prev_fold[(a, f)] = p.folds[f]
+        pending = {(a, k, f): (masks[f], p.folds[f].beta) for (a, k), p in sorted(points.items())
+                   for f in range(F) if (a, k, f) not in found}
+        say(f"[{name}] resuming after lambda {k0}/{n_steps}: {len(points)} grid points read back "
+            f"from the checkpoint")
+        for j in range(k0 - 1 if F else k0):
+            announce(j)
+
+    for k in range(k0, n_steps):
         active = [a for a in range(A) if a not in stopped and k < len(grids[a])]
         if not active:
             break
@@ -625,6 +686,10 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
             for f in range(F):
                 prev_fold[(a, f)] = fold_res[f]
                 pending[(a, k, f)] = (masks[f], fold_res[f].beta)
+        if checkpoint is not None:
+            checkpoint.save(checkpoint.step_name(k), {
+                "points": {key: p for key, p in points.items() if key[1] == k}, "step": steps[-1],
+                "stopped": dict(stopped), "found": dict(found)})
         if k > 0:
             announce(k - 1)
         if not F:
@@ -634,6 +699,10 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         raise SeparationError("no lambda of any alpha could be fitted: "
                               + "; ".join(stopped.values()))
     # one last pass for held-out metrics nobody's next step provided
+    done = checkpoint.load("path") if checkpoint is not None else None
+    if done is not None:
+        found.update(done["found"])
+        heldout_extra = done["heldout_extra"]
     left = {key: v for key, v in pending.items() if key not in found}
     if F and left:
         keys = sorted(left)
@@ -645,6 +714,8 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         for i, key in enumerate(keys):
             found[key] = (float(r.heldout_loss[i]),
                           math.nan if r.heldout_auc is None else float(r.heldout_auc[i]))
+    if checkpoint is not None and done is None:
+        checkpoint.save("path", {"found": dict(found), "heldout_extra": heldout_extra})
     for k in range(n_steps):
         if k < len(steps):
             announce(k)
