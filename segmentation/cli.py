@@ -2,7 +2,7 @@
 
     segment simulate --out DIR [--users N] [--seed S]
     segment fit CONFIG.yaml [--set dotted.key=value ...]
-    segment assign --model MODEL_DIR --input PATH --output PATH
+    segment assign --model MODEL_DIR --input PATH|TABLE --output PATH|TABLE [--run-date YYYY-MM-DD]
     segment demo [--out DIR]            simulate + fit + assign on local Spark
     segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
 
@@ -39,8 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("assign", help="assign users to segments with a fitted model")
     a.add_argument("--model", required=True, help="model directory (holding model.json)")
     a.add_argument("--input", required=True, help="user table: path (parquet/csv/delta) or table name")
-    a.add_argument("--output", required=True, help="output Parquet path")
+    a.add_argument("--output", required=True,
+                   help="output: a path (Parquet, or Delta with --output-format delta) or a table "
+                        "name (db.tbl, catalog.schema.tbl)")
     a.add_argument("--format", default=None, help="input format (default: from the path)")
+    a.add_argument("--output-format", default=None, choices=["parquet", "delta", "table"],
+                   help="output format (default: table for a name such as db.tbl, else parquet)")
+    a.add_argument("--run-date", default=None, metavar="YYYY-MM-DD",
+                   help="partition the output by run_date and replace only this date's partition "
+                        "(a retry or backfill of the date leaves one copy)")
     a.add_argument("--user-col", default=None, help="user id column (default: the model's)")
     a.add_argument("--fit", default="relaxed", choices=["relaxed", "penalized"],
                    help="coefficients to assign with: the chosen (relaxed) model, or the penalised "
@@ -104,7 +111,7 @@ def cmd_assign(args) -> int:
     from segmentation.workflow import run_assign
 
     run_assign(args.model, args.input, args.output, fmt=args.format, user_col=args.user_col,
-               fit=args.fit)
+               fit=args.fit, run_date=args.run_date, output_format=args.output_format)
     return 0
 
 

@@ -121,17 +121,24 @@ def evaluate_fitted(spark, cfg: SegmentConfig, model: SegmentationModel, prepare
 
 
 def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
-               user_col: str | None = None, spark=None, fit: str = "relaxed") -> None:
+               user_col: str | None = None, spark=None, fit: str = "relaxed",
+               run_date=None, output_format: str | None = None) -> str:
+    """Score the users at ``source`` (path or table name) and write ``output`` (path or table
+    name, ``segmentation.data.write``); with ``run_date`` only that date's ``run_date``
+    partition of the output is replaced. Returns what was written."""
     from segmentation.data.read import read_exposures
-    from segmentation.policy.assign import assign_segments, write_parquet_atomic
+    from segmentation.data.write import output_format as out_format, parse_run_date, write_output
+    from segmentation.policy.assign import assign_segments
 
+    day, ofmt = parse_run_date(run_date), out_format(output, output_format)   # checked before Spark
     model = SegmentationModel.load(model_dir).with_fit(fit)
     spark = spark or spark_for(None, app_name="segmentation-assign")
     df = read_exposures(spark, source, fmt)
     user_col = user_col or model.data.get("user_col") or "user_id"
     out = assign_segments(df, model, user_col)
-    write_parquet_atomic(out, output)
-    print(f"assigned users from {source} to {len(model.assignable)} segments -> {output}")
+    written = write_output(out, output, ofmt, day)
+    print(f"assigned users from {source} to {len(model.assignable)} segments -> {written}")
+    return written
 
 
 def run_demo(out: str, n_users: int = 50_000, seed: int = 0, cv: bool = True) -> SegmentationModel:

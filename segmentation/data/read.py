@@ -28,6 +28,10 @@ _SUFFIXES = {
 }
 _TABLE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){0,2}$|^`[^`]+`(\.`[^`]+`){0,2}$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+DELTA_HINT = ("Delta needs the Delta Lake connector on the Spark classpath, as Databricks runtimes "
+              "have it; on plain Spark add --packages io.delta:delta-spark_2.13:<the release for "
+              "your Spark version> with --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
+              "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog")
 
 
 def _is_local(source: str) -> bool:
@@ -131,8 +135,8 @@ def read_exposures(spark, source: str, fmt: str | None = None):
             raise DataValidationError(f"exposure path does not exist: '{source}'") from exc
         if "DATA_SOURCE_NOT_FOUND" in text:
             raise DataValidationError(
-                f"cannot read '{source}' as {fmt}: {_first_line(text)} (for Delta, is the Delta Lake "
-                "package on the Spark classpath?)"
+                f"cannot read '{source}' as {fmt}: {_first_line(text)}"
+                + (f" ({DELTA_HINT})" if fmt == "delta" else "")
             ) from exc
         raise DataValidationError(f"cannot read exposures from '{source}' as {fmt}: {_first_line(text)}") from exc
 
