@@ -181,6 +181,20 @@ def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int,
     ``scale`` is the spread of the values (max - min): it sets the price box and the tolerance
     ladder. Stops when (D(p_best) - certified primal) <= tol * max(|D|, 1e-12 * scale * n).
     """
+    steps = dual_iterations(K, caps, scale, tol=tol, max_iter=max_iter, p0=p0)
+    request = next(steps)
+    while True:
+        try:
+            request = steps.send(evaluate(*request))
+        except StopIteration as stop:
+            return stop.value
+
+
+def dual_iterations(K: int, caps: Capacities, scale: float, tol: float = 1e-9, max_iter: int = 500,
+                    p0: np.ndarray | None = None):
+    """``solve_dual`` as a generator: yields ``(p, deltas)``, is sent the ``PriceStats`` of that
+    pass, returns the ``DualResult``. Lets one pass over the users serve many dual solves
+    (``transport.search`` runs many in lockstep)."""
     scale = float(scale) if scale > 0 else 1.0
     deltas = delta_ladder(scale)
     R = 2.0 * scale + 1.0
@@ -194,7 +208,7 @@ def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int,
     it = 0
     converged = False
     for it in range(1, max_iter + 1):
-        st = evaluate(p, deltas)
+        st = yield (p.copy(), deltas)
         n = st.n
         D = st.smax + capacity_term(p, caps)
         g = subgradient(p, st.counts, caps)
@@ -239,7 +253,7 @@ def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int,
         raise RuntimeError("no feasible split of the tied users was found (capacities infeasible?)")
     if not converged:
         warnings.warn(f"transport: duality gap {d_center - best_plan_.certified:.3g} above tolerance after "
-                      f"{max_iter} price updates", RuntimeWarning, stacklevel=2)
+                      f"{max_iter} price updates", RuntimeWarning, stacklevel=3)
     return DualResult(prices=center, dual=d_center, plan=best_plan_, iterations=it, converged=converged,
                       gap_bound=d_center - best_plan_.certified, history=history)
 
