@@ -1,8 +1,11 @@
-"""Errors a user can act on. The CLI turns each into a one-paragraph message and exit code 2."""
+"""Errors a user can act on. The CLI turns each into a one-paragraph message and its
+``exit_code`` (2 unless a subclass says otherwise)."""
 
 
 class SegmentationError(Exception):
     """Base class: anything the user can fix by changing input, config or data."""
+
+    exit_code = 2
 
 
 class ConfigError(SegmentationError):
@@ -15,6 +18,20 @@ class DataValidationError(SegmentationError):
 
 class SeparationError(SegmentationError):
     """The likelihood has no finite minimiser in a direction the penalty does not bound."""
+
+
+class TrackingUnavailable(SegmentationError):
+    """The MLflow tracking store could not be reached before the work started (nothing was
+    fitted or written). Exit code 3."""
+
+    exit_code = 3
+
+
+class TrackingIncomplete(SegmentationError):
+    """The work finished and its outputs were written, but MLflow logging failed part way;
+    the message says what was not logged. Exit code 4."""
+
+    exit_code = 4
 
 
 class ConvergenceWarning(UserWarning):

@@ -1,8 +1,10 @@
 """The MLflow run tree of one ``segment fit``.
 
-- Tracking URI: ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
-  ``sqlite:///<cwd>/mlflow.db`` (embedded store, no server). A new experiment on a sqlite store
-  keeps its artifacts in ``mlartifacts/`` beside the database file.
+- Tracking URI: ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the platform's
+  default (Databricks), else ``sqlite:///<cwd>/mlflow.db`` (``tracking/uri.py``). A new
+  experiment on a sqlite store keeps its artifacts in ``mlartifacts/`` beside the database file.
+  Reaching the store (bounded retries, probe, what happens when it goes away) is
+  ``tracking/session.py``.
 - Parent run (one per fit): the flattened config as params, data facts (``data.*`` facts as
   params and metrics), tags (data path, date, kind, and ``mlflow.tags`` from the config, e.g.
   ``airflow.ds`` and ``airflow.run_id`` from the example DAG) and a run name with the data path
@@ -28,13 +30,10 @@ import time
 
 import numpy as np
 
+from segmentation.tracking.uri import resolve_tracking_uri  # noqa: F401 - the one resolver
+
 PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
 MODEL_ARTIFACT = "model"
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{os.path.join(os.path.abspath(os.getcwd()), 'mlflow.db')}"
 
 
 def _artifact_location(uri: str) -> str | None:
