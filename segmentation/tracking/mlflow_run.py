@@ -232,6 +232,24 @@ class FitTracker:
             save_pyfunc(model, os.path.join(model_dir, "model.json"), saved)
             self.client.log_artifacts(self.run_id, saved, MODEL_ARTIFACT)
         self.timings["artifacts"] = time.time() - t0
+        self.mark_current(model_dir)
+
+    def mark_current(self, model_dir: str) -> None:
+        """This run's model is now the one at ``model_dir``: tag it
+        ``segmentation.model_current=true`` and earlier fit runs that wrote the same directory (a
+        retry or backfill of the same date) ``false`` with ``segmentation.superseded_by``, so
+        ``tags.segmentation.model_current = 'true'`` finds exactly one run per model directory."""
+        path = os.path.abspath(model_dir)
+        self.client.set_tag(self.run_id, "segmentation.model_current", "true")
+        if "'" in path:
+            return                                  # not expressible in a search filter
+        for run in self.client.search_runs(
+                [self.experiment_id], max_results=1000,
+                filter_string=f"tags.`segmentation.model_dir` = '{path}' and "
+                              "tags.`segmentation.model_current` = 'true'"):
+            if run.info.run_id != self.run_id:
+                self._log(run_id=run.info.run_id, tags={"segmentation.model_current": "false",
+                                                        "segmentation.superseded_by": self.run_id})
 
     def finish(self, status: str = "FINISHED") -> None:
         timings = {f"mlflow_seconds_{k}": v for k, v in self.timings.items() if k != "n_children"}

@@ -48,3 +48,27 @@ def test_fit_run_carries_the_tags(tmp_path):
     assert run.data.tags["airflow.ds"] == "2024-01-01"
     assert run.data.tags["airflow.run_id"] == "manual__x"
     assert run.data.tags["segmentation.kind"] == "fit"
+
+
+def test_a_second_fit_of_the_same_model_dir_supersedes_the_first(tmp_path):
+    """A retry or backfill writes the same model directory again: the newest run is the one
+    tagged current, the earlier one points at it; another directory's run is left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from segmentation.tracking.mlflow_run import FitTracker
+
+    raw = _raw(tmp_path)
+    cfg = parse_config(raw)
+    other = parse_config(apply_overrides(_raw(tmp_path), [f"output.model_dir={tmp_path}/models/ds=2024-01-02"]))
+    runs = []
+    for c in (cfg, other, cfg):
+        t = FitTracker(c)
+        t.mark_current(c.output.model_dir)
+        t.finish("FINISHED")
+        runs.append(t.run_id)
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    first, second, third = (client.get_run(r).data.tags for r in runs)
+    assert first["segmentation.model_current"] == "false"
+    assert first["segmentation.superseded_by"] == runs[2]
+    assert second["segmentation.model_current"] == "true" and "segmentation.superseded_by" not in second
+    assert third["segmentation.model_current"] == "true" and "segmentation.superseded_by" not in third
