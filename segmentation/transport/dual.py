@@ -161,9 +161,31 @@ def group_lp(stats: PriceStats, level: int, caps: Capacities, K: int):
     return value, splits, int(b_eq.sum())
 
 
-def best_plan(stats: PriceStats, p: np.ndarray, deltas: np.ndarray, caps: Capacities, K: int):
+def _ambiguous(stats: PriceStats, level: int) -> tuple:
+    """The ambiguous groups of a level as a hashable (mask, size) tuple."""
+    return tuple(sorted((m, float(v[0])) for (lv, m), v in stats.groups.items() if lv == level and m & (m - 1)))
+
+
+def best_plan(stats: PriceStats, p: np.ndarray, deltas: np.ndarray, caps: Capacities, K: int,
+              floor: float = -math.inf, ceiling: float = math.inf):
+    """The best certified primal over the tolerance levels.
+
+    Levels are skipped when they cannot help: one whose ambiguous groups equal the previous
+    (smaller) level's gives the same LP with a larger delta, and one whose certificate could not
+    exceed ``floor`` (the best known) even if its LP reached ``ceiling`` (a dual value: an upper
+    bound on any primal) is not solved.
+    """
     best = None
+    prev = None
     for level, delta in enumerate(deltas):
+        amb = _ambiguous(stats, level)
+        if amb == prev and level > 0:
+            continue
+        prev = amb
+        n_amb = sum(m for _, m in amb)
+        known = max(floor, best.certified if best is not None else -math.inf)
+        if ceiling - delta * n_amb <= known:
+            continue
         out = group_lp(stats, level, caps, K)
         if out is None:
             continue
@@ -214,7 +236,9 @@ def dual_iterations(K: int, caps: Capacities, scale: float, tol: float = 1e-9, m
         g = subgradient(p, st.counts, caps)
         cuts_g.append(g)
         cuts_b.append(g @ p - D)            # z >= D + g.(q - p)  <=>  g.q - z <= g.p - D
-        plan = best_plan(st, p, deltas, caps, K)
+        plan = best_plan(st, p, deltas, caps, K,
+                         floor=best_plan_.certified if best_plan_ is not None else -math.inf,
+                         ceiling=min(D, d_center))
         if plan is not None and (best_plan_ is None or plan.certified > best_plan_.certified):
             best_plan_ = plan
         if D < d_center:

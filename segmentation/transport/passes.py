@@ -1,0 +1,174 @@
+"""One pass over the users that serves many requests at once (numpy kernel, numpy and Spark runners).
+
+The search for the offered set (``transport.search``) keeps many questions open at the same time:
+price updates of several dual solves (one per candidate set), the segment sums a Lloyd step needs,
+capacity-free set values for greedy and swap screening. Each is a sum over users, so one pass
+answers all of them: every batch of users is read once and every task computes its rows on it.
+
+Tasks (``cols`` index the candidate treatments T, in the order the task's set lists them):
+
+- ``DualTask(cols, p, deltas)``: ``kernel.batch_rows`` on V[:, cols] at prices p: the sums of one
+  price update (merged into a ``kernel.PriceStats``).
+- ``SumsTask(cols, p, delta)``: users grouped by candidate set A_i = {k : v_ik - p_k >= max - delta}
+  (a bit mask over ``cols``), and per group [m_g, sum_{i in g} v_it for every t in T]: what each
+  offered treatment's segment would be worth under any other treatment (the Lloyd step).
+- ``SetTask(sets)``: F(A) = sum_i max_{t in A} v_it for every set A (no capacities).
+
+A row is ``(task, level, mask, vector)``; rows with the same first three fields add. The Spark
+runner adds them inside each partition (one output batch per partition, a few rows per task and
+candidate-set group) and on the driver, so the driver holds O(tasks x groups x |T|) numbers,
+never a per-user array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from segmentation.transport.kernel import PriceStats, batch_rows, merge_rows
+
+ROW_SCHEMA = "task int, level int, mask long, vec array<double>"
+
+
+@dataclass(frozen=True)
+class DualTask:
+    cols: tuple
+    p: np.ndarray
+    deltas: np.ndarray
+
+
+@dataclass(frozen=True)
+class SumsTask:
+    cols: tuple
+    p: np.ndarray
+    delta: float
+
+
+@dataclass(frozen=True)
+class SetTask:
+    sets: tuple          # tuple of tuples of column indices
+
+
+def _masks(W: np.ndarray, delta: float) -> np.ndarray:
+    """Candidate-set bit masks, computed exactly as ``spark.assignment_frame`` does."""
+    b = W.max(axis=1)
+    bits = np.left_shift(np.int64(1), np.arange(W.shape[1], dtype=np.int64))
+    return (W >= (b - delta)[:, None]) @ bits
+
+
+def task_rows(V: np.ndarray, tasks: Sequence) -> list[tuple[int, int, int, np.ndarray]]:
+    """The rows of every task for one batch of users (V: users x |T|, float64)."""
+    out = []
+    n = V.shape[0]
+    for j, task in enumerate(tasks):
+        if isinstance(task, DualTask):
+            for level, mask, vec in batch_rows(V[:, list(task.cols)], task.p, task.deltas):
+                out.append((j, level, mask, vec))
+        elif isinstance(task, SumsTask):
+            if n == 0:
+                continue
+            masks = _masks(V[:, list(task.cols)] - task.p[None, :], task.delta)
+            uniq, inv = np.unique(masks, return_inverse=True)
+            m = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+            sums = np.stack([np.bincount(inv, weights=V[:, t], minlength=len(uniq))
+                             for t in range(V.shape[1])], axis=1)
+            for g, mask in enumerate(uniq):
+                out.append((j, 0, int(mask), np.concatenate([[m[g]], sums[g]])))
+        elif isinstance(task, SetTask):
+            vals = [float(V[:, list(s)].max(axis=1).sum()) if n else 0.0 for s in task.sets]
+            for s, v in enumerate(vals):
+                out.append((j, 0, s, np.array([v])))
+        else:
+            raise TypeError(f"unknown task {task!r}")
+    return out
+
+
+def add_rows(acc: dict, rows) -> dict:
+    """Add rows into ``acc`` keyed by (task, level, mask)."""
+    for j, level, mask, vec in rows:
+        key = (int(j), int(level), int(mask))
+        vec = np.asarray(vec, dtype=np.float64)
+        if key in acc:
+            acc[key] = acc[key] + vec
+        else:
+            acc[key] = vec.copy()
+    return acc
+
+
+def results_of(tasks: Sequence, acc: dict) -> list:
+    """Per task: a PriceStats, a {mask: [m, sums...]} dict, or an array of set values."""
+    by_task: list[list] = [[] for _ in tasks]
+    for (j, level, mask), vec in acc.items():
+        by_task[j].append((level, mask, vec))
+    out = []
+    for task, rows in zip(tasks, by_task):
+        if isinstance(task, DualTask):
+            out.append(merge_rows(rows, len(task.cols)) if rows else PriceStats(K=len(task.cols)))
+        elif isinstance(task, SumsTask):
+            out.append({mask: vec for _, mask, vec in rows})
+        else:
+            vals = np.zeros(len(task.sets))
+            for _, s, vec in rows:
+                vals[s] += vec[0]
+            out.append(vals)
+    return out
+
+
+Runner = Callable[[Sequence], list]
+
+
+def numpy_runner(V: np.ndarray, batch_size: int | None = None) -> Runner:
+    """Run passes over an in-memory value matrix (optionally in batches, as Spark would)."""
+    V = np.ascontiguousarray(V, dtype=np.float64)
+
+    def run(tasks):
+        acc: dict = {}
+        step = batch_size or max(len(V), 1)
+        for s in range(0, max(len(V), 1), step):
+            add_rows(acc, task_rows(V[s:s + step], tasks))
+        run.passes += 1
+        return results_of(tasks, acc)
+
+    run.passes = 0
+    return run
+
+
+def _values(batch, k: int) -> np.ndarray:
+    return np.column_stack([batch.column(i).to_numpy(zero_copy_only=False).astype(np.float64)
+                            for i in range(k)]) if batch.num_rows else np.zeros((0, k))
+
+
+def spark_runner(df, columns: list[str], persist: bool = True) -> Runner:
+    """Run passes as one ``mapInArrow`` job each over ``df[columns]`` (persisted if asked;
+    the caller unpersists ``run.frame``). Rows are added per partition, then on the driver."""
+    import pyarrow as pa
+
+    k = len(columns)
+    values = df.select(*columns)
+    if persist:
+        values = values.persist()
+    schema = pa.schema([("task", pa.int32()), ("level", pa.int32()), ("mask", pa.int64()),
+                        ("vec", pa.list_(pa.float64()))])
+
+    def run(tasks):
+        tasks_ = list(tasks)
+
+        def fn(batches):
+            acc: dict = {}
+            for batch in batches:
+                add_rows(acc, task_rows(_values(batch, k), tasks_))
+            keys = list(acc)
+            yield pa.RecordBatch.from_pydict(
+                {"task": [q[0] for q in keys], "level": [q[1] for q in keys], "mask": [q[2] for q in keys],
+                 "vec": [acc[q].tolist() for q in keys]}, schema=schema)
+
+        rows = values.mapInArrow(fn, ROW_SCHEMA).collect()
+        run.passes += 1
+        acc: dict = {}
+        add_rows(acc, ((r["task"], r["level"], r["mask"], r["vec"]) for r in rows))
+        return results_of(tasks_, acc)
+
+    run.passes = 0
+    run.frame = values
+    return run
