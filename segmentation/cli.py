@@ -78,12 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo,
                 "evaluate": cmd_evaluate}[args.verb](args)
     except SegmentationError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError) as e:
         msg = str(e).replace("pass overwrite=True", "pass --overwrite") if args.verb == "simulate" else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {one_line(msg)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - traceback for the log, then one line for the scheduler
+        import traceback
+
+        traceback.print_exc()
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        print(f"error: unexpected {type(e).__name__}: {first[:500]}", file=sys.stderr)
+        return 1
+
+
+def one_line(msg) -> str:
+    """A (possibly multi-line) error message as the single ``error: ...`` line schedulers show
+    (Airflow's task summary, a Kubernetes termination message): lines joined with '; '."""
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    out = lines[0] if lines else ""
+    for ln in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + ln
+    return out
 
 
 def cmd_simulate(args) -> int:
