@@ -147,3 +147,27 @@ def _first_line(text: str) -> str:
     if m:
         return m.group(0).strip()
     return text.strip().splitlines()[0] if text.strip() else text
+
+
+def read_segment_mapping(spark, source: str) -> dict[str, list[str]]:
+    """segment -> creatives from a CSV file (``creative,segment``, as ``segments_file``) or a
+    table/view with columns ``creative`` and ``segment`` (collected: one row per creative)."""
+    from segmentation.config import read_segments_file, validate_segment_mapping
+
+    source = str(source)
+    if source.lower().endswith(".csv"):
+        return read_segments_file(source, None)
+    df = read_exposures(spark, source, "table" if infer_format(source) == "table" else None)
+    missing = [c for c in ("creative", "segment") if c not in df.columns]
+    if missing:
+        raise DataValidationError(f"segment mapping '{source}' lacks column(s) {missing} "
+                                  f"(has {sorted(df.columns)})")
+    mapping: dict[str, list[str]] = {}
+    for r in df.select("creative", "segment").distinct().orderBy("segment", "creative").collect():
+        if r["creative"] is None or r["segment"] is None:
+            raise DataValidationError(f"segment mapping '{source}' has a row with a null creative or segment")
+        mapping.setdefault(str(r["segment"]), []).append(str(r["creative"]))
+    try:
+        return validate_segment_mapping(mapping, None)
+    except ValueError as e:
+        raise DataValidationError(f"segment mapping '{source}': {e}") from None

@@ -1,4 +1,6 @@
-"""Figures logged with a fit (matplotlib, Agg backend: no display needed)."""
+"""Figures of a fit. The ``*_figure`` functions return a matplotlib ``Figure`` built without
+pyplot (no backend chosen or changed, so a notebook shows it with ``display(fig)``); the
+plain-named ones save that figure as a PNG (what the fit logs to MLflow) and return the path."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +15,28 @@ def _plt():
     return plt
 
 
+def _figure(figsize):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def _save(fig, path: str) -> str:
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def cv_curve(table, path: str, chosen: tuple | None = None, rule: str | None = None) -> str:
+    """:func:`cv_curve_figure` saved to ``path``."""
+    return _save(cv_curve_figure(table, chosen, rule), path)
+
+
+def cv_curve_figure(table, chosen: tuple | None = None, rule: str | None = None):
     """Mean held-out deviance vs log(lambda), one line per alpha with SE bars (penalised fits),
     and dashed, the best relaxed blend at each lambda when the table has relaxed rows; the
     chosen (lambda, alpha[, relax]) marked."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = _figure((7.5, 4.8))
+    ax = fig.subplots()
     relax = table["relax"] if "relax" in table.columns else np.ones(len(table))
     pen, rel = table[relax == 1.0], table[relax < 1.0]
     for i, (alpha, g) in enumerate(pen.groupby("alpha", sort=True)):
@@ -46,19 +64,22 @@ def cv_curve(table, path: str, chosen: tuple | None = None, rule: str | None = N
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def gamma_heatmap(model, path: str) -> str:
+    """:func:`gamma_heatmap_figure` saved to ``path``."""
+    return _save(gamma_heatmap_figure(model), path)
+
+
+def gamma_heatmap_figure(model):
     """gamma (segments x covariates, fitting scale, intercept excluded); exact zeros blank."""
-    plt = _plt()
     G = np.asarray(model.gamma_fit)[:, 1:]
     feats = list(model.features[1:])
     masked = np.ma.masked_where(G == 0.0, G)
     vmax = float(np.max(np.abs(G))) if G.size and np.any(G != 0) else 1.0
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(feats) + 2.5), max(2.5, 0.45 * len(model.segments) + 1.5)))
+    fig = _figure((max(5.0, 0.6 * len(feats) + 2.5), max(2.5, 0.45 * len(model.segments) + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(masked, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(feats)), feats, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(model.segments)), model.segments, fontsize=8)
@@ -70,15 +91,17 @@ def gamma_heatmap(model, path: str) -> str:
     fig.colorbar(im, ax=ax, label="gamma (standardised); blank = 0")
     ax.set_title(f"Segment effects gamma (lambda={model.lam:.3g}, alpha={model.alpha:g})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def fusion_map(model, path: str) -> str:
+    """:func:`fusion_map_figure` saved to ``path``."""
+    return _save(fusion_map_figure(model), path)
+
+
+def fusion_map_figure(model):
     """||beta_jk - gamma_j|| per creative (rows: segments, columns: creatives of the segment);
     0 = fused (exactly)."""
-    plt = _plt()
     dist = model.distances()
     m = len(model.segments)
     members = [[c for c in range(len(model.creatives)) if model.segment_of[c] == j] for j in range(m)]
@@ -90,7 +113,8 @@ def fusion_map(model, path: str) -> str:
     ev = getattr(model, "evidence", None) or {}
     flagged = set(ev.get("flagged", []))
     pvals = {s["segment"]: s["p_value"] for s in ev.get("segments", []) if s.get("p_value") is not None}
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * width + 2.5), max(2.5, 0.45 * m + 1.5)))
+    fig = _figure((max(4.5, 1.1 * width + 2.5), max(2.5, 0.45 * m + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(M), cmap="magma_r", vmin=0, aspect="auto")
     for j, cs in enumerate(members):
         bad = model.segments[j] in flagged
@@ -107,19 +131,22 @@ def fusion_map(model, path: str) -> str:
     ax.set_title("Fusion map: distance of each creative from its segment"
                  + ("\nred 'fused!': fused, but out of fold these creatives respond differently" if flagged else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def calibration_plot(model, path: str) -> str:
+    """:func:`calibration_figure` saved to ``path``."""
+    return _save(calibration_figure(model), path)
+
+
+def calibration_figure(model):
     """Out-of-fold calibration: left, the reliability diagram (deciles of predicted probability,
     observed vs predicted); right, per creative observed - predicted rate with its 95% CI."""
-    plt = _plt()
     ev = model.evidence or {}
     rel = ev.get("reliability", [])
     cr = [c for c in ev.get("creatives", []) if "difference" in c]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, max(3.8, 0.28 * len(cr) + 1.5)))
+    fig = _figure((11, max(3.8, 0.28 * len(cr) + 1.5)))
+    a1, a2 = fig.subplots(1, 2)
     if rel:
         pr = [b["predicted"] for b in rel]
         ob = [b["observed"] for b in rel]
@@ -143,6 +170,4 @@ def calibration_plot(model, path: str) -> str:
     a2.set_title("Per creative, out of fold")
     a2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
