@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("config")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.lambda=0.01 (repeatable)")
+    f.add_argument("--no-resume", action="store_true",
+                   help="start the cross-validated path afresh even if a checkpoint of an earlier "
+                        "attempt of the same config and data is waiting beside the model directory")
 
     a = sub.add_parser("assign", help="assign users to segments with a fitted model")
     a.add_argument("--model", required=True, help="model directory (holding model.json)")
@@ -120,7 +123,7 @@ def cmd_fit(args) -> int:
     from segmentation.workflow import run_fit
 
     cfg = load_config(args.config, args.overrides)     # validated before Spark starts
-    run_fit(cfg)
+    run_fit(cfg, resume=not args.no_resume)
     return 0
 
 

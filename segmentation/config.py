@@ -51,6 +51,9 @@ class DataConfig(_Section):
                                  "copy lives in the Python workers, Spark's is the fallback")
     worker_cache_mb: int = Field(
         4096, ge=0, description="block bytes one Python worker keeps between passes (store 'spark')")
+    orphan_grace_seconds: float = Field(
+        600.0, ge=0, description="block directories of a dead run (owner process gone) older than "
+                                 "this are removed by the next run that finds them")
 
     @field_validator("cache_storage_level")
     @classmethod

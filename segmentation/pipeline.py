@@ -24,7 +24,7 @@ from segmentation.atomic import replace_dir
 from segmentation.config import SegmentConfig
 from segmentation.data.blockcache import CachedBlocks, CacheSink, cache_blocks
 from segmentation.data.blockstore import (BlockManifest, FileSink, add_creative_index, default_block_dir,
-                                          remove_blocks, write_blocks)
+                                          remove_blocks, sweep_block_dirs, write_blocks)
 from segmentation.data.encode import Encoding
 from segmentation.data.folds import assign_folds
 from segmentation.data.read import read_exposures
@@ -137,6 +137,7 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None
     if store == "spark":
         sink = CacheSink(storage_level=d.cache_storage_level)
     else:
+        sweep_block_dirs(d.block_dir, d.orphan_grace_seconds)
         sink = FileSink(spark, d.block_dir)
     fused = scan_and_validate(
         df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
@@ -266,10 +267,11 @@ def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
 CV_TABLE_NAME = "cv_table.csv"
 
 
-def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=None):
+def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=None, checkpoint=None):
     """Cross-validated selection over the (lambda, alpha) grid (``segmentation.selection``);
     returns (CVResult, SegmentationModel of the full-data fit at the chosen point). ``on_point``
-    receives each grid point's table row as soon as it is complete (MLflow child runs)."""
+    receives each grid point's table row as soon as it is complete (MLflow child runs);
+    ``checkpoint`` (``resume.open_checkpoint``) keeps the path's stages for a rerun."""
     from segmentation.errors import SegmentationError
     from segmentation.selection.cv import cross_validate
 
@@ -278,7 +280,7 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
                         tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
                         on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid,
-                        adaptive=m.adaptive_power if m.adaptive else None)
+                        adaptive=m.adaptive_power if m.adaptive else None, checkpoint=checkpoint)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

@@ -25,7 +25,20 @@ def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
     return spark
 
 
-def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
+def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True) -> SegmentationModel:
+    """Fit under the model directory's lock (``ownership.ModelDirLock``: a second run into the
+    same ``output.model_dir`` stops at once with ``RunConflictError``), after tidying what dead
+    runs left beside it. A cross-validated fit checkpoints its path beside the model directory
+    (``resume.open_checkpoint``) and, with ``resume`` (default), continues an earlier attempt's
+    checkpoint of the same config, data and code at its next lambda; see ``_run_fit_locked``."""
+    from segmentation.ownership import ModelDirLock, recover_model_dir
+
+    with ModelDirLock(cfg.output.model_dir):
+        recover_model_dir(cfg.output.model_dir)
+        return _run_fit_locked(cfg, spark, resume)
+
+
+def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> SegmentationModel:
     """Fit, write ``output.model_dir`` atomically, log to MLflow, print the segment summary.
 
     One (lambda, alpha) in the config: a single fit. Otherwise (no ``model.lambda``, or lists):
@@ -65,11 +78,12 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
         try:
             if tracker is not None:
                 tracker.log_data(prepared)
+            ckpt = None if single else _checkpoint(cfg, prepared, resume, tracker)
             if single:
                 model = fit_single(prepared, cfg)
             else:
                 cv, model = fit_cv(prepared, cfg, on_point=None if tracker is None
-                                   else tracker.start_children(cfg.cv.folds))
+                                   else tracker.start_children(cfg.cv.folds), checkpoint=ckpt)
                 print(cv.summary())
             if tracker is not None:
                 model.fit["mlflow_run_id"] = tracker.run_id
@@ -84,6 +98,8 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
             if model.evidence:
                 write_calibration_csv(model.evidence, os.path.join(stage, CALIBRATION_NAME))
             publish_dir(stage, out_dir, cfg.output.overwrite)
+            if ckpt is not None:
+                ckpt.remove()                      # published: nothing left to resume
             if cfg.evaluate:
                 evaluate_fitted(spark, cfg, model, prepared, tracker)
         finally:
@@ -107,6 +123,23 @@ def run_fit(cfg: SegmentConfig, spark=None) -> SegmentationModel:
         raise
     print(format_summary(model, seconds))
     return model
+
+
+def _checkpoint(cfg: SegmentConfig, prepared, resume: bool, tracker):
+    """Open the fit's path checkpoint and tell MLflow which attempt this is."""
+    from segmentation.resume import open_checkpoint
+
+    ck = open_checkpoint(cfg, prepared, resume=resume,
+                         run_id=None if tracker is None else tracker.run_id)
+    if ck.previous is not None:
+        log.info("resuming attempt %s of this fit (pid %s on %s, MLflow run %s): %d lambda steps "
+                 "done, checkpoint %s", ck.previous.get("attempt"), ck.previous.get("pid"),
+                 ck.previous.get("host"), ck.previous.get("run_id"), ck.steps_done(), ck.directory)
+    elif ck.discarded and ck.abandoned:
+        log.info("not resuming the checkpoint of an earlier attempt (%s): fresh start", ck.discarded)
+    if tracker is not None:
+        tracker.note_attempt(ck)
+    return ck
 
 
 def evaluate_fitted(spark, cfg: SegmentConfig, model: SegmentationModel, prepared, tracker) -> None:

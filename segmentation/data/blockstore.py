@@ -30,6 +30,7 @@ import numpy as np
 
 from segmentation.data.encode import col_ref
 from segmentation.errors import DataValidationError
+from segmentation.ownership import DEFAULT_GRACE_SECONDS, OWNER_FILE, sweep_orphans, write_owner
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -148,7 +149,31 @@ def default_block_dir(needed_bytes: int = 1 << 30) -> str:
             base = shm
     except OSError:
         pass
-    return tempfile.mkdtemp(prefix="segmentation-blocks-", dir=base)
+    path = tempfile.mkdtemp(prefix=BLOCK_DIR_PREFIX, dir=base)
+    write_owner(path)
+    return path
+
+
+BLOCK_DIR_PREFIX = "segmentation-blocks-"
+
+
+def _is_version_dir(name: str) -> bool:
+    v = name[5:] if name.startswith(".tmp-") else name
+    return len(v) == 32 and all(ch in "0123456789abcdef" for ch in v)
+
+
+def sweep_block_dirs(block_dir: str | None = None,
+                     grace_seconds: float = DEFAULT_GRACE_SECONDS) -> list[str]:
+    """Remove block directories of dead runs (``ownership.sweep_orphans``): the version
+    directories (``<uuid>``, ``.tmp-<uuid>``) under a configured ``block_dir``, or, without one,
+    the ``segmentation-blocks-*`` directories :func:`default_block_dir` makes under ``/dev/shm``
+    and the temp dir. Each carries its creator's owner record; a live owner's is never touched."""
+    if block_dir:
+        return sweep_orphans(block_dir, _is_version_dir, grace_seconds)
+    removed: list[str] = []
+    for base in sorted({"/dev/shm", tempfile.gettempdir()}):
+        removed += sweep_orphans(base, lambda n: n.startswith(BLOCK_DIR_PREFIX), grace_seconds)
+    return removed
 
 
 def add_creative_index(df, creative_col: str, creatives: list[str], index_col: str = "creative_index"):
@@ -395,6 +420,7 @@ def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
     tmp_dir = os.path.join(block_dir, f".tmp-{version}")
     final_dir = os.path.join(block_dir, version)
     os.makedirs(tmp_dir)
+    write_owner(tmp_dir)
     try:
         task = partial(_write_partition, tmp_dir=tmp_dir, n_feature_cols=n_feature_cols,
                        n_creatives=int(n_creatives), n_folds=int(n_folds))
@@ -443,11 +469,18 @@ def remove_blocks(manifest: BlockManifest) -> None:
     """
     shutil.rmtree(manifest.directory, ignore_errors=True)
     parent = manifest.block_dir
-    if os.path.basename(os.path.normpath(parent)).startswith("segmentation-blocks-"):
-        try:
-            os.rmdir(parent)
-        except OSError:
-            pass
+    if os.path.basename(os.path.normpath(parent)).startswith(BLOCK_DIR_PREFIX):
+        _remove_if_only_owner(parent)
+
+
+def _remove_if_only_owner(path: str) -> None:
+    """Remove a directory made by :func:`default_block_dir` once it holds nothing but its
+    owner record."""
+    try:
+        if set(os.listdir(path)) <= {OWNER_FILE}:
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- fused scan
@@ -700,6 +733,7 @@ class FileSink:
 
     def run(self, frame, *, n_stats: int, n_creatives: int, n_folds: int) -> list[dict]:
         os.makedirs(self.tmp_dir)
+        write_owner(self.tmp_dir)
         task = partial(_scan_write_partition, tmp_dir=self.tmp_dir, n_stats=int(n_stats),
                        n_creatives=int(n_creatives), n_folds=int(n_folds))
         rows = frame.mapInArrow(task, SCAN_SUMMARY_SCHEMA).collect()
@@ -709,10 +743,7 @@ class FileSink:
     def abort(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if self.own_dir:
-            try:
-                os.rmdir(self.block_dir)
-            except OSError:
-                pass
+            _remove_if_only_owner(self.block_dir)
 
     def finish(self, *, center, scale, n_creatives: int, n_folds: int, feature_names) -> BlockManifest:
         summaries = self.summaries

@@ -120,7 +120,8 @@ class PathCheckpoint:
 
     ``open`` (a class method) keeps the stages of a previous attempt with the same fingerprint
     (``resume=True``) or starts empty (a different fingerprint, a damaged state, ``resume=False``).
-    ``previous`` is then the attempt record the stages came from (None on a fresh start).
+    ``previous`` is then the attempt record the stages came from (None on a fresh start);
+    ``abandoned`` the attempts of a checkpoint that was dropped instead.
     """
 
     def __init__(self, directory: str, fingerprint: str, state: dict, previous: dict | None):
@@ -134,15 +135,18 @@ class PathCheckpoint:
     def open(cls, directory: str, fingerprint: str, *, resume: bool = True,
              attempt: dict | None = None) -> "PathCheckpoint":
         state = None
-        if resume:
-            try:
-                with open(os.path.join(directory, STATE_FILE)) as fh:
-                    state = json.load(fh)
-            except (OSError, ValueError):
-                state = None
-        why = None
-        if state is not None and (state.get("fingerprint") != fingerprint or state.get("format") != FORMAT):
-            why = "its config or input data differ"
+        try:
+            with open(os.path.join(directory, STATE_FILE)) as fh:
+                state = json.load(fh)
+        except (OSError, ValueError):
+            state = None
+        why, abandoned = None, []
+        if state is not None and not resume:
+            why = "a fresh start was asked for"
+        elif state is not None and (state.get("fingerprint") != fingerprint or state.get("format") != FORMAT):
+            why = "its config, input data or code differ"
+        if why is not None:
+            abandoned = list(state.get("attempts") or [])
             state = None
         previous = None
         if state is None:
@@ -158,7 +162,8 @@ class PathCheckpoint:
         me["attempt"] = len(state["attempts"]) + 1
         state["attempts"].append(me)
         ck = cls(directory, fingerprint, state, previous)
-        ck.discarded = why
+        ck.discarded = why               # why an earlier attempt's stages were dropped (or None)
+        ck.abandoned = abandoned         # the attempts whose stages were dropped
         ck._save_state()
         return ck
 

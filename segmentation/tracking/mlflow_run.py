@@ -251,6 +251,39 @@ class FitTracker:
                 self._log(run_id=run.info.run_id, tags={"segmentation.model_current": "false",
                                                         "segmentation.superseded_by": self.run_id})
 
+    def note_attempt(self, checkpoint) -> None:
+        """Tie this run to earlier attempts of the same fit (``resume.open_checkpoint``): tag it
+        with its attempt number and, when it resumes a checkpoint, the run it continues
+        (``segmentation.resumed_from_run_id``) and how far that got; a dead attempt's run still
+        RUNNING (its driver was killed) is marked KILLED and tagged with the run that followed."""
+        tags = {"segmentation.attempt": checkpoint.attempt}
+        prev = checkpoint.previous or {}
+        if prev.get("run_id"):
+            tags["segmentation.resumed_from_run_id"] = prev["run_id"]
+            tags["segmentation.resumed_from_attempt"] = prev.get("attempt")
+            tags["segmentation.resumed_lambda_steps"] = checkpoint.steps_done()
+        elif checkpoint.discarded:
+            tags["segmentation.checkpoint_discarded"] = checkpoint.discarded
+        self._log(tags=tags)
+        dead = ([prev] if prev else []) + list(checkpoint.abandoned)
+        for att in dead:
+            run_id = att.get("run_id")
+            if not run_id or run_id == self.run_id:
+                continue
+            try:
+                run = self.client.get_run(run_id)
+            except Exception as err:  # noqa: BLE001 - another store, a deleted run: say so, go on
+                import logging
+
+                logging.getLogger(__name__).warning("could not mark the earlier attempt's MLflow run %s: %s",
+                                                    run_id, err)
+                continue
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run_id, "segmentation.ended",
+                                    f"driver died (pid {att.get('pid')} on {att.get('host')}); "
+                                    f"continued by run {self.run_id}")
+                self.client.set_terminated(run_id, "KILLED")
+
     def finish(self, status: str = "FINISHED") -> None:
         timings = {f"mlflow_seconds_{k}": v for k, v in self.timings.items() if k != "n_children"}
         try:
