@@ -110,13 +110,16 @@ def choose_store(spark, cfg: SegmentConfig) -> tuple[str, str]:
                      "cached by Spark (set data.block_dir to a shared path to use block files)")
 
 
-def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None = None) -> PreparedData:
+def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None = None,
+            df=None) -> PreparedData:
     """Read, validate, encode and convert the exposures into cached blocks (``data.store``).
 
     One read of the covariates (``validate.scan_and_validate``): the checks, the encoding's
     moments and the raw blocks come out of the same ``mapInArrow``; the blocks are standardised
     afterwards (in place for block files, on loading for the Spark cache). ``timings``, when
-    given, receives the seconds of each step. A categorical column with more levels than the
+    given, receives the seconds of each step. ``df``, when given, is used instead of reading
+    ``data.exposures`` (a DataFrame a notebook or a job already has, however partitioned).
+    A categorical column with more levels than the
     encoding allows takes the former path (validation aggregations, then the conversion),
     which reports that error after the validation's own.
     """
@@ -131,7 +134,8 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None
     log.info("data path: %s (%s)", store, why)
     ship_package(spark)
     mapping = cfg.segment_mapping()
-    df = read_exposures(spark, d.exposures, d.format)
+    if df is None:
+        df = read_exposures(spark, d.exposures, d.format)
     structure = build_structure(mapping, cfg.control)
     tm["setup"] = time.perf_counter() - t0
     if store == "spark":
