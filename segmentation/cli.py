@@ -5,6 +5,7 @@
     segment assign --model MODEL_DIR --input PATH|TABLE --output PATH|TABLE [--run-date YYYY-MM-DD]
     segment demo [--out DIR]            simulate + fit + assign on local Spark
     segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
+    segment allocate CONFIG.yaml [--set k=v ...]   coarse personalization (transport section)
 
 Exit codes: 0 success, 2 bad input or config (message names the key/column), 1 anything else.
 """
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--mlflow-run-id", default=None,
                    help="log to this MLflow run (default: the model's run if known, else a new run)")
 
+    al = sub.add_parser("allocate", help="choose at most transport.max_treatments treatments and assign "
+                                         "every user to one under capacity limits (optimal transport)")
+    al.add_argument("config")
+    al.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set transport.max_treatments=3 (repeatable)")
+
     d = sub.add_parser("demo", help="simulate a campaign, fit it and assign its users (local Spark)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--users", type=int, default=50_000)
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo,
-                "evaluate": cmd_evaluate}[args.verb](args)
+                "evaluate": cmd_evaluate, "allocate": cmd_allocate}[args.verb](args)
     except SegmentationError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -148,6 +155,15 @@ def cmd_evaluate(args) -> int:
 
     cfg = load_config(args.config, args.overrides)     # validated before Spark starts
     evaluate_config(cfg, mlflow_run_id=args.mlflow_run_id)
+    return 0
+
+
+def cmd_allocate(args) -> int:
+    from segmentation.config import load_config
+    from segmentation.workflow import run_allocate
+
+    cfg = load_config(args.config, args.overrides)     # validated before Spark starts
+    run_allocate(cfg)
     return 0
 
 

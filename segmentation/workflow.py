@@ -174,6 +174,21 @@ def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
     return written
 
 
+def run_allocate(cfg: SegmentConfig, spark=None):
+    """Coarse personalization (``transport`` section; ``segmentation/transport/allocate.py``):
+    values from the model in ``output.model_dir`` (or ``transport.values``), at most
+    ``transport.max_treatments`` treatments offered under the share limits, the assignment table,
+    allocation.json/.md and the value-vs-S curve written atomically to ``transport.output_dir``
+    (default ``<output.model_dir>/allocation``), logged to MLflow; prints the summary."""
+    from segmentation.transport.allocate import allocate
+
+    res = allocate(cfg, spark=spark)
+    print(res.markdown())
+    if res.mlflow_run_id:
+        print(f"MLflow run {res.mlflow_run_id}")
+    return res
+
+
 def run_demo(out: str, n_users: int = 50_000, seed: int = 0, cv: bool = True) -> SegmentationModel:
     """Simulate a campaign, fit it (local Spark, local MLflow store), assign its users.
 

@@ -24,6 +24,7 @@ treat with the assigned segment's creatives when value x predicted uplift > cost
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.special import expit
@@ -49,6 +50,7 @@ class FoldModels:
     kmeans_affine: tuple | None = None     # (a, b): standardised features = z[:, 1:] * a + b
     value_per_response: float = 1.0
     cost_per_contact: float = 0.0
+    creative_costs: np.ndarray | None = None   # (K,) cost of showing each creative: adds cost:P terms
 
     @property
     def n_folds(self) -> int:
@@ -178,11 +180,13 @@ def _scatter(dst: dict, part: dict, rows: np.ndarray) -> None:
             dst[k][rows] = v
 
 
-def term_names(fm: FoldModels) -> list[str]:
+def term_names(fm: FoldModels, extra: Sequence[str] = ()) -> list[str]:
     """Names of the per-row terms ``row_terms`` returns, in column order."""
     names = ["n"]
-    for P in fm.policies:
+    for P in [*fm.policies, *extra]:
         names += [f"ipw:{P}", f"w:{P}", f"dr:{P}", f"dm:{P}"]
+        if fm.creative_costs is not None:
+            names.append(f"cost:{P}")
     if fm.control is not None:
         names += ["upl", "neg", "treat", "negdr"]
         for j in fm.assignable:
@@ -190,8 +194,14 @@ def term_names(fm: FoldModels) -> list[str]:
     return names
 
 
-def row_terms(z, y, a, p, fold, fm: FoldModels) -> tuple[np.ndarray, list[str]]:
+def row_terms(z, y, a, p, fold, fm: FoldModels,
+              extra: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
     """Per-row estimator terms (n, d) and their names (``term_names``).
+
+    ``extra``: more policies decided outside this module, each given as the (n,) creative index
+    every row gets (a deterministic policy, e.g. a capacity-constrained allocation of users);
+    they get the same four terms. With ``fm.creative_costs`` (c, length K) every policy also
+    gets ``cost:P`` = sum_k P(k | x) c_k (its expected cost per exposure).
 
     For every policy P: ``ipw:P`` = w y, ``w:P`` = w with w = P(a | x) / p (the IPW weight),
     ``dr:P`` = sum_k P(k | x) q_k + w (y - q_a) (doubly robust, q = the cross-fitted response
@@ -218,13 +228,18 @@ def row_terms(z, y, a, p, fold, fm: FoldModels) -> tuple[np.ndarray, list[str]]:
     resid = y - q_a
     cols = [np.ones(n)]
     dr_of = {}
-    for P in fm.policies:
-        pi = dec["probs"][P]
+    probs = dict(dec["probs"])
+    for name, t in (extra or {}).items():
+        probs[name] = _onehot(np.asarray(t).astype(np.int64), fm.n_creatives)
+    for P in [*fm.policies, *(extra or {})]:
+        pi = probs[P]
         w = pi[idx, a] / p
         dm = (pi * q).sum(axis=1)
         dr = dm + w * resid
         dr_of[P] = dr
         cols += [w * y, w, dr, dm]
+        if fm.creative_costs is not None:
+            cols.append(pi @ np.asarray(fm.creative_costs, dtype=np.float64))
     if fm.control is not None:
         upl = dec["uplift"]
         neg = (upl < 0).astype(float)
@@ -240,7 +255,7 @@ def row_terms(z, y, a, p, fold, fm: FoldModels) -> tuple[np.ndarray, list[str]]:
             dr_j = q @ pi_j + pi_j[a] / p * resid
             cols += [mem, mem * dr_j, mem * dr_c, mem * upl, mem * (upl < 0)]
     T = np.column_stack(cols) if n else np.zeros((0, len(cols)))
-    return T, term_names(fm)
+    return T, term_names(fm, list(extra or {}))
 
 
 def true_values(z_true: np.ndarray, beta_true: np.ndarray, probs: dict) -> dict:

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 
 from segmentation.errors import DataValidationError
 from segmentation.evaluation import report
@@ -46,6 +47,7 @@ class EvaluationResult:
     n_folds: int
     paths: dict[str, str] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    extra_policies: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -81,7 +83,7 @@ def _check_model_columns(df, model, propensity_col: str | None) -> None:
 
 def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None = None, *,
                    out_dir: str | None = None, write: bool = True, log_mlflow: bool | None = None,
-                   kmeans: bool = True) -> EvaluationResult:
+                   kmeans: bool = True, extra_policies=None, creative_costs=None) -> EvaluationResult:
     """Evaluate ``model`` (a fitted SegmentationModel) against the baselines on ``cfg``'s data.
 
     ``prepared``: a ``PreparedData`` with F >= 2 folds (``prepare(spark, cfg, n_folds=F)``);
@@ -90,6 +92,12 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
     else a new run in ``cfg.mlflow.experiment``); no logging when ``cfg.mlflow.enabled`` is
     false or ``log_mlflow=False``. Files go to ``out_dir`` (default ``cfg.output.model_dir``)
     unless ``write=False``. Bad input raises before anything is computed or written.
+
+    ``extra_policies``: a callable ``(fold_models, frame) -> {name: DataFrame}`` run after the
+    cross-fitting and the baselines; each DataFrame gives every user (``data.user_col``) a
+    ``creative_index``, a deterministic policy evaluated beside the others with the same terms
+    (``result.moments``; names in ``result.extra_policies``). ``creative_costs`` (K,): adds each
+    policy's expected cost per exposure (``cost:P`` terms).
     """
     from segmentation.data.encode import Encoding
     from segmentation.data.read import read_exposures
@@ -171,7 +179,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         cost = targeting.cost_per_contact if targeting else 0.0
         fm = FoldModels(beta=cf.beta, gamma=cf.gamma, segment_of=st.segment_index,
                         assignable=st.assignable_segments, control=control,
-                        null_gamma=cf.null_gamma, value_per_response=value, cost_per_contact=cost)
+                        null_gamma=cf.null_gamma, value_per_response=value, cost_per_contact=cost,
+                        creative_costs=None if creative_costs is None else np.asarray(creative_costs, float))
         frame = sp.eval_frame(prepared.df, user_col=d.user_col, creative_col=d.creative_col,
                               response_col=d.response_col, creatives=creatives, encoding=enc,
                               n_folds=F, seed=cfg.cv.seed, propensity_col=d.propensity_col)
@@ -197,9 +206,17 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         if kmeans:
             diag["kmeans_cluster_segment"] = [[st.segments[j] for j in row] for row in fm.cluster_segment]
 
+        extra: dict = {}
+        if extra_policies is not None:
+            t0 = time.time()
+            extra = extra_policies(fm, frame)
+            frame = sp.with_user_policies(frame, d.user_col, extra)
+            timings["extra_policies"] = time.time() - t0
+
         # ---- the estimator terms, aggregated per user then overall
         t0 = time.time()
-        moments = sp.term_moments(frame, user_col=d.user_col, encoding=enc, shares=shares, fold_models=fm)
+        moments = sp.term_moments(frame, user_col=d.user_col, encoding=enc, shares=shares, fold_models=fm,
+                                  extra_policies=tuple(extra))
         timings["estimate"] = time.time() - t0
         segs = {int(j): st.segments[j] for j in st.assignable_segments}
         summary = summarize(moments, fm.policies, segments=segs, control=control is not None,
@@ -214,7 +231,7 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
                   "segments": list(model.segments), "creatives": list(model.creatives),
                   "control": model.control}
     result = EvaluationResult(summary=summary, moments=moments, fold_models=fm, diagnostics=diag,
-                              model_info=model_info, n_folds=F)
+                              model_info=model_info, n_folds=F, extra_policies=list(extra))
     if write:
         target = out_dir or cfg.output.model_dir
         result.paths = report.write_outputs(result.to_dict(), target)

@@ -27,6 +27,7 @@ CREATIVE_IDX = "_eval_creative"
 FOLD = "_eval_fold"
 RESPONSE = "_eval_y"
 PROPENSITY = "_eval_p"
+POLICY_PREFIX = "_eval_policy_"
 
 
 def eval_frame(df, *, user_col: str, creative_col: str, response_col: str, creatives: list[str],
@@ -138,13 +139,39 @@ def training_sums(frame, *, encoding: Encoding, shares, n_folds: int, n_creative
     return num, den
 
 
-def term_moments(frame, *, user_col: str, encoding: Encoding, shares, fold_models) -> Moments:
-    """Moments (U, sum v_u, sum v_u v_u') of the per-user totals of ``policies.row_terms``."""
+def with_user_policies(frame, user_col: str, policies: dict):
+    """``frame`` with one int column ``_eval_policy_<name>`` per extra policy: the creative index
+    each user gets (``policies[name]`` is a DataFrame of ``user_col`` and ``creative_index``, one
+    row per user). Every row of ``frame`` must be covered: unassigned users raise
+    DataValidationError with their count (one aggregation)."""
+    from pyspark.sql import functions as F
+
+    cols = []
+    for name, df in policies.items():
+        col = POLICY_PREFIX + name
+        frame = frame.join(df.select(col_ref(user_col).alias(user_col),
+                                     F.col("creative_index").cast("int").alias(col)), on=user_col, how="left")
+        cols.append(col)
+    if cols:
+        row = frame.agg(*[F.sum(F.col(f"`{c}`").isNull().cast("long")).alias(f"m{i}")
+                          for i, c in enumerate(cols)]).collect()[0]
+        bad = {name: int(row[f"m{i}"]) for i, name in enumerate(policies) if row[f"m{i}"]}
+        if bad:
+            raise DataValidationError(f"policies to evaluate leave exposure rows without a creative "
+                                      f"(rows per policy): {bad}")
+    return frame
+
+
+def term_moments(frame, *, user_col: str, encoding: Encoding, shares, fold_models,
+                 extra_policies: tuple = ()) -> Moments:
+    """Moments (U, sum v_u, sum v_u v_u') of the per-user totals of ``policies.row_terms``
+    (``extra_policies``: names of ``with_user_policies`` columns, evaluated too)."""
     from pyspark.sql import functions as F
 
     from segmentation.evaluation.policies import row_terms, term_names
 
-    names = term_names(fold_models)
+    extra_policies = tuple(extra_policies)
+    names = term_names(fold_models, extra_policies)
     d = len(names)
     tcols = [f"t{i}" for i in range(d)]
     user_type = frame.schema[user_col].dataType.simpleString()
@@ -160,7 +187,8 @@ def term_moments(frame, *, user_col: str, encoding: Encoding, shares, fold_model
             if not len(pdf):
                 continue
             z, a, y, fold, p = _batch_arrays(pdf, enc, shares)
-            T, _ = row_terms(z, y, a, p, fold, fm)
+            extra = {P: pdf[POLICY_PREFIX + P].to_numpy(dtype=np.int64) for P in extra_policies}
+            T, _ = row_terms(z, y, a, p, fold, fm, extra)
             out = pd.DataFrame(T, columns=tcols)
             out.insert(0, user_col, pdf[user_col].to_numpy())
             yield out

@@ -171,3 +171,31 @@ def calibration_figure(model):
     a2.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def allocation_curve(allocation: dict, path: str) -> str:
+    """What coarseness costs: the value with at most S treatments (under the capacity limits) as a
+    share of full personalization, S = 1..max_treatments; each point labelled with its offered
+    set (``allocation``: the allocation.json content)."""
+    plt = _plt()
+    plan = allocation["plan"]
+    rows = [r for r in plan["curve"] if r.get("share_of_full") is not None]
+    S = [r["S"] for r in rows]
+    share = [100.0 * r["share_of_full"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(S, share, marker="o", color="C0", label="sum of values / sum of each user's best value")
+    for s, v, r in zip(S, share, rows):
+        label = ", ".join(r.get("offered") or [])
+        ax.annotate(label if len(label) < 40 else label[:37] + "...", (s, v), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=7)
+    ax.axhline(100.0, color="0.6", lw=1, ls="--")
+    ax.set_xticks(range(1, (max(S) if S else 1) + 1))
+    ax.set_xlabel("S: number of treatments offered")
+    ax.set_ylabel("share of full personalization, %")
+    ax.set_title("Coarse personalization: value vs number of treatments")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
