@@ -51,9 +51,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 
-# the functions prepare() calls, timed one by one (validation and the encoding moments share
-# one scan since validate_and_encode)
-PREPARE_STEPS = ("read_exposures", "validate_and_encode", "write_blocks")
+# the steps prepare(timings=) reports (pipeline.prepare, validate.scan_and_validate): store choice
+# and read, categorical levels, distinct users, the fused validate+encode+blocks scan, the
+# driver-side checks, the blocks' standardisation, the oracle
+PREPARE_STEPS = ("setup", "levels", "users", "scan", "checks", "finish", "oracle")
 
 TARGETS = {
     "pass_ratio": 3.0,      # Spark pass with curvature <= 3 x numpy in memory (1 thread)
@@ -253,30 +254,10 @@ def spark_child(spec: dict) -> dict:
     sc = spark.sparkContext
     res["memory_after_start"] = memory_checkpoint(spark)
 
-    # 1. the one-off conversion, with the time of each step (prepare() calls these through
-    # its module globals; wrapping them here only adds timers)
-    import segmentation.pipeline as pipeline_mod
-
+    # 1. the one-off conversion, with the time of each step (prepare(timings=) fills them:
+    # setup, levels, users, scan, checks, finish, oracle, total; see pipeline.prepare)
     steps: dict[str, float] = {}
-
-    def clock(name, fn):
-        def wrapped(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                steps[name] = steps.get(name, 0.0) + time.perf_counter() - t0
-        return wrapped
-
-    originals = {n: getattr(pipeline_mod, n) for n in
-                 PREPARE_STEPS}
-    for n, fn in originals.items():
-        setattr(pipeline_mod, n, clock(n, fn))
-    try:
-        t, prepared = timed(prepare, spark, cfg, 1)
-    finally:
-        for n, fn in originals.items():
-            setattr(pipeline_mod, n, fn)
+    t, prepared = timed(prepare, spark, cfg, 1, timings=steps)
     res["prepare_s"] = t
     res["prepare_steps_s"] = steps
     res["input_partitions"] = int(prepared.df.rdd.getNumPartitions())
@@ -537,7 +518,11 @@ def build_report(args, meta, big, small) -> tuple[str, dict]:
     st_b, st_s = big.get("prepare_steps_s", {}), small.get("prepare_steps_s", {})
     for n in PREPARE_STEPS:
         if n in st_b:
-            w(f"     {n:<42}{st_b[n]:>5.1f} s   ({small['rows']:,} rows: {st_s.get(n, float('nan')):.1f} s)")
+            share_b = st_b[n] / big["prepare_s"] if big["prepare_s"] > 0 else float("nan")
+            share_s = (st_s.get(n, float("nan")) / small["prepare_s"]
+                       if small["prepare_s"] > 0 else float("nan"))
+            w(f"     {n:<42}{st_b[n]:>5.1f} s {share_b:>4.0%}  ({small['rows']:,} rows: "
+              f"{st_s.get(n, float('nan')):.1f} s {share_s:>4.0%})")
     w(f"   input partitions {big.get('input_partitions')} -> blocks {big['n_blocks']}")
     w("")
     w("2. One pass over the data (same blocks, same coefficients)")

@@ -12,7 +12,7 @@ One run, one SparkSession (``--master local[2]``), on a simulated campaign (``--
 ``--covariates`` x ``--creatives``; the same data and work dir as ``bench_core.py``, reused):
 
 1. ``pipeline.prepare()`` with ``data.store`` = files and = spark (single fit, 1 fold), timed
-   whole and its store step alone (``write_blocks`` / ``cache_blocks``); again with
+   whole and each of its steps with its share (``prepare(..., timings=)``); again with
    ``--folds`` folds (order reversed, so the first prepare's JIT warm-up is not always on the
    same side);
 2. passes at a fixed coefficient matrix (pooled-rate intercepts, small random slopes, fixed
@@ -198,51 +198,38 @@ def make_config(args, data_dir: str, store: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- steps
-STORE_STEPS = ("write_blocks", "cache_blocks")
+# the steps prepare(timings=) reports (pipeline.prepare, validate.scan_and_validate); the
+# store's work is inside "scan" (each task writes/persists its raw blocks) and "finish"
+# (files: standardise the blocks in place; spark: nothing, blocks are rescaled on loading)
+PREPARE_STEPS = ("setup", "levels", "users", "scan", "checks", "finish", "oracle")
 
 
-def timed_prepare(spark, cfg, n_folds: int) -> tuple[object, float, float]:
-    """``prepare()`` timed whole and its store step alone (by wrapping the module global
-    ``prepare()`` calls; nothing else changes). Returns (prepared, total s, store step s)."""
-    import segmentation.pipeline as pipeline_mod
+def timed_prepare(spark, cfg, n_folds: int) -> tuple[object, float, dict]:
+    """``prepare()`` timed whole, with the seconds of each of its steps
+    (``prepare(..., timings=)``). Returns (prepared, total s, {step: s})."""
+    from segmentation.pipeline import prepare
 
-    step = {"s": 0.0}
-    originals = {n: getattr(pipeline_mod, n) for n in STORE_STEPS}
-
-    def clock(fn):
-        def wrapped(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                step["s"] += time.perf_counter() - t0
-        return wrapped
-
-    for n, fn in originals.items():
-        setattr(pipeline_mod, n, clock(fn))
-    try:
-        t, prepared = timed(pipeline_mod.prepare, spark, cfg, n_folds)
-    finally:
-        for n, fn in originals.items():
-            setattr(pipeline_mod, n, fn)
-    return prepared, t, step["s"]
+    steps: dict[str, float] = {}
+    t, prepared = timed(prepare, spark, cfg, n_folds, timings=steps)
+    steps.pop("total", None)
+    return prepared, t, steps
 
 
 def warm_up(spark, cfg) -> float:
-    """Read, validate and encode once, untimed against either path: the session's first scan
-    compiles the validation/encoding code (tens of seconds with 50 covariates on a loaded
-    machine), a one-off that would otherwise land on whichever prepare() runs first."""
-    from segmentation.data.read import read_exposures
-    from segmentation.data.validate import validate_and_encode
+    """One untimed ``prepare()`` (files store, released at once): the session's first scan
+    compiles the scan's code (tens of seconds with 50 covariates on a loaded machine), a
+    one-off that would otherwise land on whichever prepare() runs first."""
+    from segmentation.pipeline import prepare
 
-    d = cfg.data
     t0 = time.perf_counter()
-    df = read_exposures(spark, d.exposures, d.format)
-    validate_and_encode(df, user_col=d.user_col, creative_col=d.creative_col,
-                        response_col=d.response_col, covariates=d.covariates,
-                        categorical=d.categorical, segments=cfg.segment_mapping(),
-                        control=cfg.control, standardize=cfg.model.standardize)
+    prepare(spark, cfg, 1).release()
     return time.perf_counter() - t0
+
+
+def step_shares(steps: dict, total: float) -> str:
+    """'scan 11.2 s (78%), users 2.6 s (18%), ...' in PREPARE_STEPS order."""
+    return ", ".join(f"{n} {steps[n]:.1f} s ({steps[n] / total:.0%})"
+                     for n in PREPARE_STEPS if n in steps and total > 0)
 
 
 def fixed_betas(oracle, n_models: int = 1, seed: int = 1) -> np.ndarray:
@@ -377,8 +364,8 @@ def build_report(args, meta: dict, R: dict) -> str:
       f"{R['K']} creatives; master {args.master}; files: {R['files_blocks']} block files; spark: "
       f"{R['spark_blocks']} blocks in {R['spark_parts']} partitions, storage level "
       f"{R['storage_level']}; medians of {args.repeats} passes, paths alternated")
-    w(f"- session warm-up before the first prepare(): read + validate + encode once, "
-      f"{R['warm_up_s']:.1f} s (the first scan compiles the code; untimed below)")
+    w(f"- session warm-up before the first prepare(): one untimed prepare() (files), "
+      f"{R['warm_up_s']:.1f} s (the first scan compiles the code)")
     if meta.get("simulate_s") is not None:
         w(f"- simulated the campaign first ({meta['simulate_s']:.0f} s, not part of the table)")
     w("")
@@ -392,8 +379,12 @@ def build_report(args, meta: dict, R: dict) -> str:
         label = "1 fold" if nf == 1 else f"{nf} folds"
         order = " (files first)" if pr["order"][0] == "files" else " (spark first)"
         row(f"prepare(), {label}{order}", pr["files"]["s"], pr["spark"]["s"], fmt_s)
-        row(f"&nbsp;&nbsp;store step only: write_blocks / cache_blocks, {label}",
-            pr["files"]["store_s"], pr["spark"]["store_s"], fmt_s)
+        for n in PREPARE_STEPS:
+            if n in pr["files"]["steps"] or n in pr["spark"]["steps"]:
+                f_s, s_s = pr["files"]["steps"].get(n, 0.0), pr["spark"]["steps"].get(n, 0.0)
+                w(f"| &nbsp;&nbsp;step {n}, {label} (share: files {f_s / pr['files']['s']:.0%}, "
+                  f"spark {s_s / pr['spark']['s']:.0%}) | {fmt_s(f_s)} | {fmt_s(s_s)} | "
+                  f"{f'{s_s / f_s:.2f}x' if f_s >= 0.05 else '-'} |")
     t = p1["times"]
     row("first pass with Hessians (cold)", p1["cold"]["files"], p1["cold"]["spark"], fmt_ms)
     row("**pass: loss + gradient + Hessians**", median(t["hess"]["files"]),
@@ -541,14 +532,14 @@ def main(argv=None):
     live: list = []
     try:
         R["warm_up_s"] = warm_up(spark, cfgs["files"])
-        log(f"session warm-up (read + validate + encode): {R['warm_up_s']:.1f} s")
+        log(f"session warm-up (one untimed prepare()): {R['warm_up_s']:.1f} s")
         # 1. prepare, single fit
         prep = {}
         for path in ("files", "spark"):
             prep[path], t, st = timed_prepare(spark, cfgs[path], 1)
             live.append(prep[path])
-            R["prepare"].setdefault(1, {"order": ("files", "spark")})[path] = {"s": t, "store_s": st}
-            log(f"prepare {path}: {t:.1f} s (store step {st:.1f} s)")
+            R["prepare"].setdefault(1, {"order": ("files", "spark")})[path] = {"s": t, "steps": st}
+            log(f"prepare {path}: {t:.1f} s ({step_shares(st, t)})")
         oracles = {k: v.oracle for k, v in prep.items()}
         fm, cm = prep["files"].manifest, prep["spark"].manifest
         R.update(n_rows=cm.n_rows, p=cm.n_features, K=cm.n_creatives, files_blocks=fm.n_blocks,
@@ -590,8 +581,8 @@ def main(argv=None):
             for path in ("spark", "files"):
                 prep[path], t, st_s = timed_prepare(spark, cfgs[path], nf)
                 live.append(prep[path])
-                R["prepare"].setdefault(nf, {"order": ("spark", "files")})[path] = {"s": t, "store_s": st_s}
-                log(f"prepare {path}, {nf} folds: {t:.1f} s (store step {st_s:.1f} s)")
+                R["prepare"].setdefault(nf, {"order": ("spark", "files")})[path] = {"s": t, "steps": st_s}
+                log(f"prepare {path}, {nf} folds: {t:.1f} s ({step_shares(st_s, t)})")
             oracles = {k: v.oracle for k, v in prep.items()}
             include = ~np.eye(nf, dtype=bool)                 # model m leaves fold m out
             cv_betas = fixed_betas(oracles["files"], n_models=nf, seed=2)
