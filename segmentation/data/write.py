@@ -5,9 +5,10 @@ Targets:
 - a path (``parquet``, the default, or ``delta``): without a run date the whole directory is
   replaced (local paths: written beside it, then renamed into place; other file systems:
   Spark's overwrite commit); with a run date the directory is partitioned by ``run_date`` and
-  only that date's partition is replaced, through Spark's dynamic partition overwrite for
-  Parquet (new files are staged, then the old partition directory is swapped out at job commit)
-  and ``replaceWhere`` for Delta (one transaction);
+  only that date's partition is replaced: on a local file system written beside it and swapped in
+  with one atomic rename exchange (``segmentation/atomic.py``), elsewhere through Spark's dynamic
+  partition overwrite for Parquet (new files are staged, then the old partition directory is
+  swapped out at job commit), and ``replaceWhere`` for Delta (one transaction);
 - a table name (``tbl``, ``db.tbl``, ``catalog.schema.tbl``; the format ``table`` or inferred as
   in :func:`segmentation.data.read.infer_format`): created with ``saveAsTable`` in the
   session's default table format (Parquet on plain Spark, Delta on Databricks), partitioned by
@@ -94,6 +95,9 @@ def _write_path(df, path: str, fmt: str, day: _dt.date | None) -> str:
         return f"{fmt} directory {path}"
     if _is_local(path):
         _check_partitioned_dir(_local_path(path))
+        if fmt == "parquet":
+            _replace_local_partition(df, os.path.abspath(_local_path(path)), day)
+            return f"{fmt} directory {path}, partition {RUN_DATE_COL}={day.isoformat()}"
     w = df.write.format(fmt).mode("overwrite").partitionBy(RUN_DATE_COL)
     if fmt == "delta":
         w = w.option("replaceWhere", f"{RUN_DATE_COL} = DATE'{day.isoformat()}'")
@@ -101,6 +105,30 @@ def _write_path(df, path: str, fmt: str, day: _dt.date | None) -> str:
         w = w.option("partitionOverwriteMode", "dynamic")
     _delta_guard(lambda: w.save(path), path)
     return f"{fmt} directory {path}, partition {RUN_DATE_COL}={day.isoformat()}"
+
+
+def _replace_local_partition(df, path: str, day: _dt.date) -> None:
+    """Local Parquet: write the date's rows under a hidden staging directory inside ``path``, then
+    swap its ``run_date=`` directory in with one atomic rename exchange (``atomic.replace_dir``):
+    at every instant the partition is the complete old one or the complete new one (Spark's
+    dynamic partition overwrite deletes the old partition before renaming the new one in, so a
+    reader or a crash in between sees the date missing). An empty result leaves an empty
+    partition: the date's rows are replaced by none."""
+    import shutil
+    import uuid
+
+    from segmentation.atomic import replace_dir
+
+    part = f"{RUN_DATE_COL}={day.isoformat()}"
+    os.makedirs(path, exist_ok=True)
+    stage = os.path.join(path, f".{part}.stage-{uuid.uuid4().hex[:8]}")
+    try:
+        df.write.mode("errorifexists").partitionBy(RUN_DATE_COL).parquet(stage)
+        written = os.path.join(stage, part)
+        os.makedirs(written, exist_ok=True)
+        replace_dir(written, os.path.join(path, part))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _check_partitioned_dir(path: str) -> None:
@@ -132,7 +160,7 @@ def _delta_guard(write, target: str) -> None:
 def _write_table(df, name: str, day: _dt.date | None) -> str:
     spark = df.sparkSession
     if not spark.catalog.tableExists(name):
-        w = df.write.mode("errorifexists")
+        w = df.write.mode("error")          # "errorifexists" is unknown to the Spark Connect client
         if day is not None:
             w = w.partitionBy(RUN_DATE_COL)
         _delta_guard(lambda: w.saveAsTable(name), name)
