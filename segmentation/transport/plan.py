@@ -30,7 +30,7 @@ from segmentation.transport.passes import numpy_runner, spark_runner
 from segmentation.transport.search import Limits, Sets, run_searches, search
 from segmentation.transport.spark import TREATMENT_COL, VALUE_COL, assignment_frame, check_value_columns
 
-SWAP_CANDIDATES = 8      # swap neighbours solved under capacities per round (ranked by F)
+SWAP_CANDIDATES = 4      # sets solved under capacities per batch: swap neighbours (ranked by F), exact batches
 MAX_ROUNDS = 50          # Lloyd/swap rounds per S
 
 

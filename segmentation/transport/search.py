@@ -9,9 +9,11 @@ G(A) = -inf when A cannot meet the limits (sum_{t in A} U_t < n or a forced trea
 
 Per S, the search (Zhang and Misra's alternation, made capacity-aware):
 
-1. **Initial set.** If C(|T| - #forced, S - #forced) <= ``exact_limit``, every feasible set is
-   solved (all dual solves in lockstep, so every pass over the users serves all of them) and the
-   best is exact up to the duality-gap tolerance: done. Otherwise greedy on F, forced treatments
+1. **Initial set.** If C(|T| - #forced, S - #forced) <= ``exact_limit``, enumeration, exact up to
+   the duality-gap tolerance: F(A) of every feasible set in one pass; since G(A) <= F(A), sets
+   are solved in decreasing order of F, a batch at a time (the batch's dual solves in lockstep,
+   every pass serving all of them), and a set is pruned once its F does not exceed the best G
+   found (branch and bound; without capacities the first set solved is the answer): done. Otherwise greedy on F, forced treatments
    first: F is monotone submodular, so without capacities greedy is within 1 - 1/e of the best
    set. A candidate is only added if the set can still be completed to meet the upper limits
    (its U plus the largest remaining U's reach n).
@@ -182,12 +184,27 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
         method.update(initial="exact", sets_enumerated=len(sets), sets_feasible=len(feasible))
         if not feasible:
             return SearchResult(S, None, None, -math.inf, method)
-        results = yield [Solve(A, c) for A, c in feasible]
-        method["sets_solved"] += len(feasible)
-        vals = [set_value(r) for r in results]
-        j = int(np.argmax(vals))
-        method["objective"].append(vals[j])
-        return SearchResult(S, feasible[j][0], results[j], vals[j], method)
+        # branch and bound: G(A) <= F(A), so sets are solved in decreasing order of F, a batch at a
+        # time, and every set whose F does not exceed the best G found is pruned (still exact)
+        fv = (yield [Sets([A for A, _ in feasible])])[0]
+        method["set_values"] += len(feasible)
+        order = [int(j) for j in np.argsort(-fv, kind="stable")]
+        best, best_r, best_A = -math.inf, None, None
+        batch = max(1, swap_candidates or len(order))
+        while order:
+            thr = rel_tol * max(abs(best), 1e-300) if best_r is not None else 0.0
+            order = [j for j in order if fv[j] > best + thr]
+            if not order:
+                break
+            take, order = order[:batch], order[batch:]
+            results = yield [Solve(*feasible[j]) for j in take]
+            method["sets_solved"] += len(take)
+            for j, r in zip(take, results):
+                if set_value(r) > best:
+                    best, best_r, best_A = set_value(r), r, feasible[j][0]
+        method["sets_pruned"] = len(feasible) - method["sets_solved"]
+        method["objective"].append(best)
+        return SearchResult(S, best_A, best_r, best, method)
 
     # greedy on F, keeping the set completable under the upper limits
     method["initial"] = "greedy"
