@@ -25,6 +25,23 @@ def score_column_name(segment: str) -> str:
     return "score_" + re.sub(r"[^0-9A-Za-z_]+", "_", segment)
 
 
+def score_column_names(segments) -> list[str]:
+    """One ``score_column_name`` per segment, made unique: names that sanitise alike ("seg a",
+    "seg.a") or differ only in case (Spark resolves columns case-insensitively) get ``_2``,
+    ``_3``, ... in segment order. The same rule as the pyfunc model's ``SegmentScorer``."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for s in segments:
+        base = score_column_name(s)
+        name, i = base, 1
+        while name.lower() in taken:
+            i += 1
+            name = f"{base}_{i}"
+        out.append(name)
+        taken.add(name.lower())
+    return out
+
+
 def segment_score_expressions(model: SegmentationModel) -> dict[str, object]:
     """segment name -> Column computing gamma_j . x, for every assignable segment."""
     from pyspark.sql import functions as F
@@ -63,7 +80,7 @@ def assign_segments(df, model: SegmentationModel, user_col: str, keep: list[str]
     check_columns(df, model, user_col)
     scores = segment_score_expressions(model)
     names = list(scores)
-    cols = {score_column_name(s): e for s, e in scores.items()}
+    cols = dict(zip(score_column_names(names), scores.values()))
     score_cols = list(cols)
     best = F.greatest(*[F.col(c) for c in score_cols]) if len(score_cols) > 1 else F.col(score_cols[0])
     choose = F.lit(None).cast("string")
@@ -72,7 +89,7 @@ def assign_segments(df, model: SegmentationModel, user_col: str, keep: list[str]
     carried = [col_ref(c) for c in (keep or [])]
     return (df.select(col_ref(user_col), *carried, *[e.alias(c) for c, e in cols.items()])
               .withColumn(SEGMENT_COL, choose)
-              .select(user_col, *(keep or []), SEGMENT_COL, *score_cols))
+              .select(col_ref(user_col), *carried, SEGMENT_COL, *score_cols))
 
 
 def segment_shares(df, model: SegmentationModel, user_col: str) -> dict[str, float]:

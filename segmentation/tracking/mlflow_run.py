@@ -208,11 +208,16 @@ class FitTracker:
         if ev:
             metrics.append(("calibration_max_abs_difference", ev.get("max_abs_difference"), 0))
             metrics.append(("fusion_flagged_segments", len(ev.get("flagged", [])), 0))
-            for sg in ev.get("segments", []):
-                if sg.get("p_value") is not None:
-                    metrics.append((f"fusion_test_p.{_metric_name(sg['segment'])}", sg["p_value"], 0))
+            tested = [sg for sg in ev.get("segments", []) if sg.get("p_value") is not None]
+            keys = metric_keys([sg["segment"] for sg in tested])
+            for sg in tested:
+                metrics.append((f"fusion_test_p.{keys[sg['segment']]}", sg["p_value"], 0))
+            # the original segment names behind the sanitised keys (model.json has them too)
+            key_names = {f"fusion_test_p.{keys[n]}": n for n in keys}
         metrics += [(k, v, 0) for k, v in (extra_metrics or {}).items()]
         self._log(params=params, metrics=metrics)
+        if ev and key_names:
+            self.client.log_dict(self.run_id, key_names, "mlflow_metric_names.json")
         with tempfile.TemporaryDirectory(prefix="segmentation-mlflow-") as tmp:
             plot_dir = os.path.join(tmp, "plots")
             os.makedirs(plot_dir)
@@ -336,10 +341,31 @@ class ChildLogger:
 
 
 def _metric_name(name: str) -> str:
-    """MLflow metric keys allow alphanumerics, _ - . / and spaces; anything else becomes _."""
+    """A metric-key fragment for any name: MLflow keys allow alphanumerics, ``_ - . /`` and
+    spaces and must be normalised paths (no ``//``, ``/./``, leading ``/``, trailing ``/``);
+    here only ASCII alphanumerics, ``_ - .`` and spaces are kept, anything else becomes ``_``
+    (so no ``/`` path tricks), and an empty result becomes ``_``."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", str(name))
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(name)).strip() or "_"
+
+
+def metric_keys(names) -> dict[str, str]:
+    """Original name -> key fragment (``_metric_name``), unique over ``names``: a name that
+    sanitises to a key already taken gets ``-2``, ``-3``, ... appended (the first suffix not
+    taken, so no two names share a key whatever their order)."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for n in names:
+        if n in out:
+            continue
+        key, i = _metric_name(n), 1
+        while key in taken:
+            i += 1
+            key = f"{_metric_name(n)}-{i}"
+        out[n] = key
+        taken.add(key)
+    return out
 
 
 def _finite(v) -> bool:
@@ -353,13 +379,13 @@ def pyfunc_signature(model):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from segmentation.tracking.pyfunc_model import score_column_name
+    from segmentation.tracking.pyfunc_model import score_column_names
 
     enc = model.encoding
     inputs = [ColSpec("double", c) for c in enc["numeric"]] + \
              [ColSpec("string", c) for c in enc.get("categorical", {})]
     outputs = [ColSpec("string", "segment")] + \
-              [ColSpec("double", score_column_name(model.segments[j])) for j in model.assignable]
+              [ColSpec("double", c) for c in score_column_names([model.segments[j] for j in model.assignable])]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 

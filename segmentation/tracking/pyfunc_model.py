@@ -26,6 +26,21 @@ def score_column_name(segment: str) -> str:
     return "score_" + re.sub(r"[^0-9A-Za-z_]+", "_", segment)
 
 
+def score_column_names(segments) -> list[str]:
+    """Unique score columns (as ``segmentation.policy.assign.score_column_names``: this file
+    is self-contained for MLflow's models from code)."""
+    out, taken = [], set()
+    for s in segments:
+        base = score_column_name(s)
+        name, i = base, 1
+        while name.lower() in taken:
+            i += 1
+            name = f"{base}_{i}"
+        out.append(name)
+        taken.add(name.lower())
+    return out
+
+
 def _level_strings(values) -> tuple[np.ndarray, np.ndarray]:
     s = pd.Series(values)
     valid = s.notna().to_numpy()
@@ -64,7 +79,7 @@ class SegmentScorer:
         segs = model["segments"]
         self.assignable = [s["name"] for s in segs if not s.get("is_control")]
         self.gamma_fit = np.array([s["gamma_fit"] for s in segs if not s.get("is_control")], dtype=float)
-        self.columns = [score_column_name(s) for s in self.assignable]
+        self.columns = score_column_names(self.assignable)
 
     def design(self, frame) -> np.ndarray:
         missing = [c for c in self.numeric + self.categorical if c not in frame]
