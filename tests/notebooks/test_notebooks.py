@@ -146,9 +146,11 @@ def test_widget_defaults_and_unknown_names(spark):
         w.get("nope")
 
 
-def test_quickstart_over_spark_connect(tmp_path, mlflow_store):
+def test_quickstart_over_spark_connect(tmp_path, mlflow_store, monkeypatch):
     """The quickstart on a Spark Connect session (as on shared or serverless compute); each
-    cell's products checked as on local Spark."""
+    cell's products checked as on local Spark. As in a notebook process attached to Connect,
+    ``SPARK_CONNECT_MODE_ENABLED`` is set while it runs, so ``pyspark.sql.functions`` build
+    Connect columns."""
     import sys
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engines"))
@@ -165,6 +167,7 @@ def test_quickstart_over_spark_connect(tmp_path, mlflow_store):
         pytest.fail(f"Spark Connect server did not start: {err}")
     try:
         with srv.session() as remote:
+            monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
             db = "nb_connect"
             nb = NotebookRun(QUICKSTART, remote, quick_widgets(tmp_path, db)).run()
             from segmentation.spark_session import is_connect
