@@ -9,8 +9,8 @@ Targets:
   with one atomic rename exchange (``segmentation/atomic.py``), elsewhere through Spark's dynamic
   partition overwrite for Parquet (new files are staged, then the old partition directory is
   swapped out at job commit), and ``replaceWhere`` for Delta (one transaction);
-- a table name (``tbl``, ``db.tbl``, ``catalog.schema.tbl``; the format ``table`` or inferred as
-  in :func:`segmentation.data.read.infer_format`): created with ``saveAsTable`` in the
+- a table name (``db.tbl``, ``catalog.schema.tbl``: a dotted name with no slash that is not an
+  existing path; a bare ``tbl`` only with the format ``table``): created with ``saveAsTable`` in the
   session's default table format (Parquet on plain Spark, Delta on Databricks), partitioned by
   ``run_date`` when a run date is given. An existing table receives an ``insertInto`` with
   dynamic partition overwrite: only the run date's partition is replaced (one transaction on
@@ -54,7 +54,9 @@ def output_format(target: str, fmt: str | None = None) -> str:
         return fmt
     s = str(target).rstrip("/")
     if _is_local(s) and not os.path.exists(_local_path(s)):
-        return "table" if infer_format(s) == "table" else "parquet"
+        # a qualified name (db.tbl, catalog.schema.tbl) is a table; a bare word stays a local
+        # directory, as it always was for assign --output (--output-format table for a bare name)
+        return "table" if "." in s and infer_format(s) == "table" else "parquet"
     try:
         found = infer_format(s)
     except DataValidationError:          # an existing directory holding no data files yet

@@ -42,6 +42,8 @@ def test_output_format_inference(tmp_path):
     assert output_format("db.assignments") == "table"
     assert output_format("cat.schema.assignments") == "table"
     assert output_format(str(tmp_path / "out")) == "parquet"
+    assert output_format("assignments") == "parquet"         # a bare word: a directory, as before
+    assert output_format("assignments", "table") == "table"
     (tmp_path / "dl" / "_delta_log").mkdir(parents=True)
     assert output_format(str(tmp_path / "dl")) == "delta"
     assert output_format("s3://bucket/assignments") == "parquet"
