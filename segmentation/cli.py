@@ -7,7 +7,10 @@
     segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
     segment allocate CONFIG.yaml [--set k=v ...]   coarse personalization (transport section)
 
-Exit codes: 0 success, 2 bad input or config (message names the key/column), 1 anything else.
+Exit codes: 0 success, 2 bad input or config (message names the key/column), 3 the MLflow
+tracking store cannot be reached at the start (nothing fitted or written; ``mlflow.required:
+false`` fits without it), 4 the outputs were written but MLflow logging failed part way (the
+message says what was not logged), 1 anything else.
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": cmd_evaluate, "allocate": cmd_allocate}[args.verb](args)
     except SegmentationError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except (FileNotFoundError, FileExistsError) as e:
         msg = str(e).replace("pass overwrite=True", "pass --overwrite") if args.verb == "simulate" else str(e)
         print(f"error: {one_line(msg)}", file=sys.stderr)

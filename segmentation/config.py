@@ -166,9 +166,17 @@ class OutputConfig(_Section):
 
 class MlflowConfig(_Section):
     enabled: bool = True
-    tracking_uri: Optional[str] = None
+    tracking_uri: Optional[str] = Field(
+        None, description="default: MLFLOW_TRACKING_URI, else the platform's (Databricks: the "
+                          "workspace), else sqlite:///<cwd>/mlflow.db (segmentation/tracking/uri.py)")
     experiment: str = "creative-segmentation"
     run_name: Optional[str] = None
+    required: bool = Field(
+        True, description="false: when the tracking store cannot be reached, fit and write the "
+                          "model anyway with one warning (true: stop before any work, exit 3)")
+    register_model_name: Optional[str] = Field(
+        None, description="register the logged pyfunc model under this Model Registry name "
+                          "(a new version per fit)")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags on the fit's run, e.g. "
                                  "--set mlflow.tags.airflow.ds={{ ds }} (nested keys join with '.')")
 

@@ -67,10 +67,11 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> Segm
     t0 = time.time()
     tracker = None
     if cfg.mlflow.enabled:
-        from segmentation.tracking.mlflow_run import FitTracker
+        from segmentation.tracking.session import start_fit_tracking
 
-        tracker = FitTracker(cfg)
-        log.info("MLflow run %s (%s) at %s", tracker.run_id, tracker.run_name, tracker.uri)
+        tracker = start_fit_tracking(cfg)          # before any Spark work: stops here if unreachable
+        if tracker is not None:
+            log.info("MLflow run %s (%s) at %s", tracker.run_id, tracker.run_name, tracker.uri)
     try:
         spark = spark or spark_for(cfg)
         prepared = prepare(spark, cfg, n_folds=1 if single else cfg.cv.folds)
@@ -122,6 +123,8 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> Segm
                 pass
         raise
     print(format_summary(model, seconds))
+    if tracker is not None:                        # what MLflow missed, if the store went away
+        tracker.report(f"the model was written to {out_dir}")
     return model
 
 
@@ -149,7 +152,9 @@ def evaluate_fitted(spark, cfg: SegmentConfig, model: SegmentationModel, prepare
     from segmentation.evaluation.run import run_evaluation
 
     res = run_evaluation(spark, cfg, model, prepared if prepared.n_folds >= 2 else None,
-                         mlflow_run_id=None if tracker is None else tracker.run_id)
+                         mlflow_run_id=None if tracker is None else tracker.run_id, log_mlflow=False)
+    if tracker is not None:
+        tracker.log_evaluation(cfg, res)
     print(report.markdown(res.to_dict()))
 
 

@@ -171,9 +171,62 @@ def write_outputs(result: dict, out_dir: str) -> dict[str, str]:
 
 
 def tracking_uri(cfg) -> str:
-    """mlflow.tracking_uri from the config, else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
-    uri = getattr(getattr(cfg, "mlflow", None), "tracking_uri", None)
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+    """The fit's resolver (``segmentation/tracking/uri.py``): mlflow.tracking_uri, else
+    MLFLOW_TRACKING_URI, else the platform's default (Databricks), else sqlite:///<cwd>/mlflow.db."""
+    from segmentation.tracking.uri import resolve_tracking_uri
+
+    return resolve_tracking_uri(getattr(getattr(cfg, "mlflow", None), "tracking_uri", None))
+
+
+def check_tracking(cfg, run_id: str | None) -> bool:
+    """Before any work (``segment evaluate``): resolve the URI (logged), bound the HTTP retries,
+    probe the store and check ``run_id`` exists. Returns whether to log; an unreachable store
+    raises ``TrackingUnavailable`` (exit 3), or with ``mlflow.required: false`` warns once and
+    returns False."""
+    from segmentation.errors import TrackingUnavailable
+    from segmentation.tracking.server import bound_http_client, one_line, probe, transport_errors
+    from segmentation.tracking.uri import resolve_tracking
+
+    target = resolve_tracking(getattr(cfg.mlflow, "tracking_uri", None))
+    bound_http_client(target)
+    try:
+        probe(target)
+        if run_id is not None:
+            check_run(cfg, run_id)
+        else:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
+    except TrackingUnavailable as err:
+        msg = str(err)
+    except transport_errors() as err:
+        msg = f"MLflow tracking store {target.uri} cannot be reached ({one_line(err)})"
+    else:
+        return True
+    if getattr(cfg.mlflow, "required", True):
+        raise TrackingUnavailable(f"{msg}; nothing was evaluated (start the server, fix "
+                                  "mlflow.tracking_uri, or set mlflow.required: false)")
+    log.warning("%s; evaluating without MLflow logging (mlflow.required is false)", msg)
+    return False
+
+
+def log_evaluation(cfg, result: dict, paths: dict[str, str], run_id: str | None = None) -> str | None:
+    """``log_to_mlflow`` for ``segment evaluate``, after the files are written: a store lost on
+    the way raises ``TrackingIncomplete`` (exit 4) or, with ``mlflow.required: false``, warns
+    once and returns None."""
+    from segmentation.errors import TrackingIncomplete
+    from segmentation.tracking.server import one_line, transport_errors
+
+    try:
+        return log_to_mlflow(cfg, result, paths, run_id)
+    except transport_errors() as err:
+        msg = (f"MLflow logging to {tracking_uri(cfg)} failed ({one_line(err)}); not logged: the "
+               f"evaluation metrics and files{' of run ' + run_id if run_id else ''}. The evaluation "
+               f"was written to {os.path.dirname(next(iter(paths.values()), '')) or 'its directory'}")
+        if getattr(cfg.mlflow, "required", True):
+            raise TrackingIncomplete(msg) from None
+        log.warning("%s (mlflow.required is false)", msg)
+        return None
 
 
 def flat_metrics(result: dict) -> dict[str, float]:

@@ -113,8 +113,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         log_mlflow = bool(getattr(cfg.mlflow, "enabled", True))
     run_id = (mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
               or (model.fit or {}).get("mlflow_run_id"))
-    if write and log_mlflow and run_id:
-        report.check_run(cfg, run_id)
+    if write and log_mlflow:                # store reachable and run there, before any work
+        log_mlflow = report.check_tracking(cfg, run_id)
     own = prepared is None
     ps = None
     if own:
@@ -236,7 +236,7 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
         target = out_dir or cfg.output.model_dir
         result.paths = report.write_outputs(result.to_dict(), target)
         if log_mlflow:
-            result.mlflow_run_id = report.log_to_mlflow(cfg, result.to_dict(), result.paths, run_id)
+            result.mlflow_run_id = report.log_evaluation(cfg, result.to_dict(), result.paths, run_id)
     return result
 
 

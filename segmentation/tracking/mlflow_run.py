@@ -149,8 +149,9 @@ class FitTracker:
             if logger.error is not None:
                 import logging
 
-                logging.getLogger(__name__).warning("background MLflow logging failed (%r); "
-                                                    "logging the remaining grid points now", logger.error)
+                # INFO: a lost store is reported once, at the end (tracking/session.py)
+                logging.getLogger(__name__).info("background MLflow logging failed (%r); "
+                                                 "logging the remaining grid points now", logger.error)
             self.timings["children_background"] = logger.busy
         table = cv.table(structure)
         relaxed: dict = {}
