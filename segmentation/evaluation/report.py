@@ -211,18 +211,24 @@ def check_tracking(cfg, run_id: str | None) -> bool:
 
 
 def log_evaluation(cfg, result: dict, paths: dict[str, str], run_id: str | None = None) -> str | None:
-    """``log_to_mlflow`` for ``segment evaluate``, after the files are written: a store lost on
-    the way raises ``TrackingIncomplete`` (exit 4) or, with ``mlflow.required: false``, warns
-    once and returns None."""
+    """``log_to_mlflow`` for ``segment evaluate``, after the files are written (``guarded_logging``)."""
+    return guarded_logging(cfg, log_to_mlflow, cfg, result, paths, run_id,
+                           what="the evaluation metrics and files" + (f" of run {run_id}" if run_id else ""),
+                           written=os.path.dirname(next(iter(paths.values()), "")))
+
+
+def guarded_logging(cfg, fn, *args, what: str, written: str | None = None):
+    """``fn(*args)`` (an MLflow logging step after the outputs are written): a store lost on the
+    way raises ``TrackingIncomplete`` (exit 4) naming the URI and what was not logged or, with
+    ``mlflow.required: false``, warns once and returns None."""
     from segmentation.errors import TrackingIncomplete
     from segmentation.tracking.server import one_line, transport_errors
 
     try:
-        return log_to_mlflow(cfg, result, paths, run_id)
+        return fn(*args)
     except transport_errors() as err:
-        msg = (f"MLflow logging to {tracking_uri(cfg)} failed ({one_line(err)}); not logged: the "
-               f"evaluation metrics and files{' of run ' + run_id if run_id else ''}. The evaluation "
-               f"was written to {os.path.dirname(next(iter(paths.values()), '')) or 'its directory'}")
+        msg = (f"MLflow logging to {tracking_uri(cfg)} failed ({one_line(err)}); not logged: {what}. "
+               f"The outputs were written{' to ' + written if written else ''}")
         if getattr(cfg.mlflow, "required", True):
             raise TrackingIncomplete(msg) from None
         log.warning("%s (mlflow.required is false)", msg)

@@ -232,15 +232,20 @@ def allocate(cfg, spark=None) -> AllocationResult:
     if tc.values is None:
         model = _load_model(cfg)
         check_limits(model_treatments(model, tc), tc)
+    log_mlflow = False
+    if cfg.mlflow.enabled:                  # tracking store reachable, before any Spark work
+        from segmentation.evaluation.report import check_tracking
+
+        log_mlflow = check_tracking(cfg, None)
     if spark is None:
         from segmentation.workflow import spark_for
 
         spark = spark_for(cfg, app_name="segmentation-allocate")
     stage = staging_dir(out)
     try:
-        heldout = None
+        heldout, policies = None, {}
         if tc.out_of_fold:
-            vt, plan, path, heldout = _out_of_fold(spark, cfg, model, stage)
+            vt, plan, path, heldout, policies = _out_of_fold(spark, cfg, model, stage)
         else:
             vt = value_table(spark, cfg, model)
             plan, path = _plan(vt, tc, stage)
@@ -264,7 +269,11 @@ def allocate(cfg, spark=None) -> AllocationResult:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     paths = {n: os.path.join(out, n) for n in (report.JSON_NAME, report.MD_NAME, report.PNG_NAME)}
-    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths)
-    if cfg.mlflow.enabled:
-        res.mlflow_run_id = report.log_to_mlflow(cfg, result, paths)
+    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths,
+                           policies=policies)
+    if log_mlflow:                          # a store lost by now: exit 4 or one warning
+        from segmentation.evaluation.report import guarded_logging
+
+        res.mlflow_run_id = guarded_logging(cfg, report.log_to_mlflow, cfg, result, paths,
+                                            what="the allocation run (params, metrics, files)")
     return res

@@ -210,3 +210,39 @@ def test_server_killed_mid_path(spark, campaign, tmp_path, required, caplog, cap
     assert "Model Registry version of 'never-registered'" in msg
     assert "left RUNNING" in msg
     assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
+def test_evaluate_and_allocate_check_the_store_before_work_and_guard_logging_after(campaign, tmp_path,
+                                                                                   caplog):
+    """``segment evaluate`` / ``segment allocate`` share two steps: ``check_tracking`` before
+    any work (exit 3, or one warning and no logging with required: false) and
+    ``guarded_logging`` after the outputs are written (exit 4, or one warning)."""
+    from mlflow.tracking import MlflowClient
+
+    from segmentation.evaluation.report import check_tracking, guarded_logging
+
+    url = f"http://127.0.0.1:{free_port()}"
+    cfg = parse_config(_raw(campaign, str(tmp_path / "model"), url))
+    with pytest.raises(TrackingUnavailable, match=f"{url} is unreachable.*nothing was evaluated"):
+        check_tracking(cfg, None)
+    lax = parse_config(_raw(campaign, str(tmp_path / "model"), url, required=False))
+    with caplog.at_level(logging.WARNING):
+        assert check_tracking(lax, "some-run") is False
+    assert len([r for r in caplog.records if url in r.getMessage()]) == 1
+
+    def log_to_dead_server():             # a real MLflow call to a port nobody listens on
+        MlflowClient(tracking_uri=url).get_experiment_by_name("x")
+
+    t0 = time.monotonic()
+    with pytest.raises(TrackingIncomplete, match=f"MLflow logging to {url} failed .*Connection refused"
+                                                 r".*not logged: the files\. The outputs were written to /o"):
+        guarded_logging(cfg, log_to_dead_server, what="the files", written="/o")
+    assert time.monotonic() - t0 < 15        # bounded retries (set by check_tracking above)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert guarded_logging(lax, log_to_dead_server, what="the files") is None
+    assert len([r for r in caplog.records if url in r.getMessage()]) == 1
+    # a reachable local store: checked, logged
+    ok = parse_config(_raw(campaign, str(tmp_path / "model"), f"sqlite:///{tmp_path}/m.db"))
+    assert check_tracking(ok, None) is True
+    assert guarded_logging(ok, lambda: "run-id", what="x") == "run-id"
