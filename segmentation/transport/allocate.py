@@ -243,9 +243,9 @@ def allocate(cfg, spark=None) -> AllocationResult:
         spark = spark_for(cfg, app_name="segmentation-allocate")
     stage = staging_dir(out)
     try:
-        heldout, policies = None, {}
+        heldout = None
         if tc.out_of_fold:
-            vt, plan, path, heldout, policies = _out_of_fold(spark, cfg, model, stage)
+            vt, plan, path, heldout = _out_of_fold(spark, cfg, model, stage)
         else:
             vt = value_table(spark, cfg, model)
             plan, path = _plan(vt, tc, stage)
@@ -269,8 +269,7 @@ def allocate(cfg, spark=None) -> AllocationResult:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     paths = {n: os.path.join(out, n) for n in (report.JSON_NAME, report.MD_NAME, report.PNG_NAME)}
-    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths,
-                           policies=policies)
+    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths)
     if log_mlflow:                          # a store lost by now: exit 4 or one warning
         from segmentation.evaluation.report import guarded_logging
 
