@@ -19,8 +19,9 @@ a SHA-256 of
 * the input as data: what ``prepare`` measured on it (rows, users, rows and positives per
   creative and per (fold, creative), the encoding's levels and moments rounded to 12
   significant digits), which also covers metastore tables and URIs no file listing reaches;
-* the code: the package version and a hash of its source files, so an upgrade between attempts
-  never continues a path computed by other code.
+* the package version, so an upgrade between attempts starts afresh. (Not a hash of the source:
+  an editable install being worked on would never resume; the same version with other code
+  would continue a path whose every point still solves its own problem to tolerance.)
 """
 from __future__ import annotations
 
@@ -29,8 +30,6 @@ import json
 import os
 
 import numpy as np
-
-import segmentation
 
 IGNORED_DATA_KEYS = ("store", "block_dir", "cache_storage_level", "worker_cache_mb",
                      "orphan_grace_seconds")
@@ -93,19 +92,6 @@ def data_part(prepared) -> dict:
     })
 
 
-def code_part() -> str:
-    h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(segmentation.__file__))
-    for dirpath, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".py"):
-                h.update(os.path.relpath(os.path.join(dirpath, name), root).encode())
-                with open(os.path.join(dirpath, name), "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
 def fingerprint(cfg, prepared) -> tuple[str, dict]:
     """(hex digest, the document it digests) of a fit: see the module docstring."""
     from importlib.metadata import PackageNotFoundError, version
@@ -115,7 +101,7 @@ def fingerprint(cfg, prepared) -> tuple[str, dict]:
     except PackageNotFoundError:
         ver = "unknown"
     doc = {"config": config_part(cfg), "files": files_part(cfg.data.exposures),
-           "data": data_part(prepared), "code": {"version": ver, "source": code_part()}}
+           "data": data_part(prepared), "code": {"version": ver}}
     blob = json.dumps(doc, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest(), doc
 
