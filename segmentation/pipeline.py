@@ -219,7 +219,7 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
         "message": result.message,
         "solver": "proximal Newton (per-creative Hessians; exact segment-joint inner solves)"
                   if resolve_curvature(cfg.model.curvature, prepared.oracle.n_features) == "full" else
-                  "proximal quasi-Newton (diagonal curvature, spectral scaling; exact prox solves)",
+                  "proximal quasi-Newton (diagonal curvature, Anderson-accelerated; exact prox solves)",
     }
     data_info = {
         "source": cfg.data.exposures,

@@ -4,11 +4,12 @@
   flops) and the driver eigendecomposes every H_c (O(K p^3)) per iteration: proximal Newton,
   3-7 passes per fit (``prox_newton.py``).
 - ``"diagonal"``: each pass returns only diag(H_c) (K p doubles, O(n p) extra flops) and the
-  model uses the metric sigma_c diag(H_c) (``subproblem.DiagonalQuadraticModel``), sigma_c a
-  per-creative spectral (Barzilai-Borwein) scale s'y / s'diag(H)s from the last accepted step:
-  a proximal quasi-Newton (variable-metric) method with the same exact prox-based zeros and
-  fusion, the same line search and the same KKT-residual stopping rule, converging linearly
-  (more passes, each much cheaper at large p).
+  model uses the metric diag(H_c) (``subproblem.DiagonalQuadraticModel``), its steps
+  Anderson-accelerated (default) or the metric rescaled per creative by a spectral
+  (Barzilai-Borwein) factor (``prox_newton.ProxNewton``, ``quasi_newton``): a proximal
+  quasi-Newton (variable-metric) method with the same exact prox-based zeros and fusion, the
+  same line search and the same KKT-residual stopping rule, converging linearly (more passes,
+  each much cheaper at large p).
 - ``"auto"``: "full" when p <= ``AUTO_MAX_P``, else "diagonal". The threshold is measured
   (``benchmarks/bench_large_p.py``, ``benchmarks/LARGE_P.md``).
 """
