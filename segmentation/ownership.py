@@ -19,9 +19,9 @@ so a pid reused after a reboot or by a later process is not mistaken for the own
 (a directory whose owner record cannot be read is judged by nothing and left alone).
 
 ``ModelDirLock`` is the model directory's lock: ``fcntl.flock`` on ``.<name>.lock`` beside the
-model directory, held for the whole fit. The kernel drops a flock when its process dies, so a
-killed run never leaves a stale lock; the owner record written into the file lets the loser
-name the winner.
+model directory, held for the whole fit and removed at its end. The kernel drops a flock when
+its process dies, so a killed run never leaves a stale lock (at most the file, which the next
+run takes over); the owner record written into the file lets the loser name the winner.
 """
 from __future__ import annotations
 
@@ -157,8 +157,7 @@ class ModelDirLock:
     """Exclusive lock of one model directory for the length of a fit (module docstring).
 
     ``with ModelDirLock(model_dir): ...``; raises ``RunConflictError`` naming the holder when
-    another live process holds it. The lock file stays (removing a flock'ed file races with a
-    process that has just opened it); it is a few bytes beside the model directory.
+    another live process holds it.
     """
 
     def __init__(self, model_dir: str):
@@ -171,35 +170,47 @@ class ModelDirLock:
         import fcntl
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
-            except (OSError, ValueError):
-                pass
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = None
+                try:
+                    holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+                except (OSError, ValueError):
+                    pass
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunConflictError(
+                        f"{self.model_dir} is being written by another run ({describe_owner(holder)}); "
+                        "this run stops without writing anything") from None
+                raise
+            # the holder before us may have removed the file between our open and our flock:
+            # then we hold a lock nobody else can see; start again on the file at the path
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunConflictError(
-                    f"{self.model_dir} is being written by another run ({describe_owner(holder)}); "
-                    "this run stops without writing anything") from None
-            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner_record()).encode(), 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Remove the lock file while still holding it, then unlock (``acquire`` checks that
+        the file it locked is still the one at the path). A killed holder leaves the file,
+        but not the lock."""
         if self._fd is not None:
-            import fcntl
-
             try:
-                os.ftruncate(self._fd, 0)
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             finally:
-                os.close(self._fd)
+                os.close(self._fd)             # closing drops the flock
                 self._fd = None
 
     def __enter__(self) -> "ModelDirLock":

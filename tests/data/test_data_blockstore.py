@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -107,7 +108,8 @@ def test_manifest_json_and_directory_layout(encoded, creatives, tmp_path):
     m = write_blocks(df, **_kw(creatives, tmp_path, n_partitions=2))
     assert os.listdir(tmp_path) == [m.version]  # no .tmp-* left
     assert m.directory == os.path.join(str(tmp_path), m.version)
-    assert sorted(os.listdir(m.directory)) == ["block-00000.npz", "block-00001.npz", "manifest.json"]
+    assert sorted(os.listdir(m.directory)) == ["block-00000.npz", "block-00001.npz", "manifest.json",
+                                               "owner.json"]      # who wrote it (ownership.py)
     with open(os.path.join(m.directory, "manifest.json")) as fh:
         d = json.load(fh)
     assert set(d) >= {"block_dir", "version", "paths", "rows", "counts", "positives", "n_features"}
@@ -126,7 +128,7 @@ def test_zero_row_partitions_write_no_file(encoded, creatives, tmp_path):
     few = df.orderBy("user_id").limit(3)
     m = write_blocks(few, **_kw(creatives, tmp_path, n_partitions=8))
     assert m.n_blocks == 3 and m.rows == [1, 1, 1]
-    assert len(os.listdir(m.directory)) == 4  # 3 blocks + manifest
+    assert len(os.listdir(m.directory)) == 5  # 3 blocks + manifest + owner record
     assert int(m.counts.sum()) == 3
 
 
@@ -173,17 +175,17 @@ def test_no_fold_column(encoded, creatives, tmp_path):
 def test_default_block_dir():
     d = default_block_dir()
     try:
-        assert os.path.isdir(d) and os.listdir(d) == []
+        assert os.path.isdir(d) and os.listdir(d) == ["owner.json"]    # its creator (ownership.py)
         assert os.path.basename(d).startswith("segmentation-blocks-")
         if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
             assert d.startswith("/dev/shm/")
     finally:
-        os.rmdir(d)
+        shutil.rmtree(d)
     huge = default_block_dir(needed_bytes=1 << 60)
     try:
         assert not huge.startswith("/dev/shm/")
     finally:
-        os.rmdir(huge)
+        shutil.rmtree(huge)
 
 
 def test_default_dir_used_and_removed(encoded, creatives):

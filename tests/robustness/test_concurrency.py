@@ -67,6 +67,6 @@ def test_two_fits_at_once(campaign, tmp_path):
     assert len(msg) == 1 and msg[0].startswith("error: ") and "being written by another run" in msg[0]
     assert f"pid {procs[win].pid}" in msg[0] and two in msg[0]
     _complete(two, 5 if win == 1 else 4)
-    leftovers = [n for n in os.listdir(tmp_path) if n.startswith((".two.tmp-", ".one.tmp-", "two.old-"))
-                 or n.endswith(".checkpoint")]
+    leftovers = [n for n in os.listdir(tmp_path)
+                 if n.startswith((".two.tmp-", ".one.tmp-", "two.old-")) or n.endswith((".checkpoint", ".lock"))]
     assert leftovers == []

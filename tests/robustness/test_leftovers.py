@@ -120,8 +120,10 @@ def test_model_lock_is_held_by_a_live_process_and_dropped_when_it_is_killed(tmp_
         assert err.value.exit_code == 5
         os.kill(p.pid, signal.SIGKILL)                 # the kernel drops its flock
         p.wait()
+        assert os.path.exists(tmp_path / ".model.lock")   # the killed holder's file, not its lock
         with ModelDirLock(model_dir) as lock:
             assert json.loads(open(lock.path).read())["pid"] == os.getpid()
+        assert not os.path.exists(lock.path)              # removed by a holder that ends
     finally:
         p.kill()
         p.wait()
