@@ -30,12 +30,23 @@ def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True) -> Segmentat
     same ``output.model_dir`` stops at once with ``RunConflictError``), after tidying what dead
     runs left beside it. A cross-validated fit checkpoints its path beside the model directory
     (``resume.open_checkpoint``) and, with ``resume`` (default), continues an earlier attempt's
-    checkpoint of the same config, data and code at its next lambda; see ``_run_fit_locked``."""
+    checkpoint of the same config, data and code at its next lambda; see ``_run_fit_locked``.
+    A fit that ends in an error the input decides (bad config or data, separation) drops its
+    checkpoint, since a rerun would fail the same way; any other failure (a lost executor, a
+    signal, an unreachable tracking store) keeps it for the retry."""
+    import shutil
+
+    from segmentation.errors import DataValidationError, SeparationError
     from segmentation.ownership import ModelDirLock, recover_model_dir
+    from segmentation.resume import checkpoint_dir
 
     with ModelDirLock(cfg.output.model_dir):
         recover_model_dir(cfg.output.model_dir)
-        return _run_fit_locked(cfg, spark, resume)
+        try:
+            return _run_fit_locked(cfg, spark, resume)
+        except (ConfigError, DataValidationError, SeparationError):
+            shutil.rmtree(checkpoint_dir(cfg.output.model_dir), ignore_errors=True)
+            raise
 
 
 def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> SegmentationModel:
