@@ -38,6 +38,7 @@ class AllocationResult:
     output_dir: str
     paths: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    policies: dict = field(default_factory=dict)   # out of fold: name -> (user, creative_index) DataFrame
 
     def markdown(self) -> str:
         return report.markdown(self.result)
@@ -199,9 +200,10 @@ def _out_of_fold(spark, cfg, model, stage: str):
                                                     "users_from": "distinct users of data.exposures",
                                                     "folds": int(fm.n_folds), **_model_info(cfg, model)})
         plan, path = _plan(vt, tc, stage)
-        state.update(vt=vt, plan=plan, path=path)
         alloc = _creative_index(spark.read.parquet(path), user_col, TREATMENT_COL, vt.names, creatives)
-        return {ALLOCATION: alloc, FULL: _argmax_index(vt, creatives)}
+        full = _argmax_index(vt, creatives)
+        state.update(vt=vt, plan=plan, path=path, policies={FULL: full})
+        return {ALLOCATION: alloc, FULL: full}
 
     costs = treatment_costs(creatives, tc, cfg.targeting, model.control)
     try:
@@ -213,7 +215,7 @@ def _out_of_fold(spark, cfg, model, stage: str):
     held = heldout_summary(ev.moments, vpr)
     held["folds"] = int(ev.n_folds)
     held["evaluation_warnings"] = ev.diagnostics.get("warnings", [])
-    return state["vt"], state["plan"], state["path"], held
+    return state["vt"], state["plan"], state["path"], held, state["policies"]
 
 
 def allocate(cfg, spark=None) -> AllocationResult:
@@ -243,9 +245,9 @@ def allocate(cfg, spark=None) -> AllocationResult:
         spark = spark_for(cfg, app_name="segmentation-allocate")
     stage = staging_dir(out)
     try:
-        heldout = None
+        heldout, policies = None, {}
         if tc.out_of_fold:
-            vt, plan, path, heldout = _out_of_fold(spark, cfg, model, stage)
+            vt, plan, path, heldout, policies = _out_of_fold(spark, cfg, model, stage)
         else:
             vt = value_table(spark, cfg, model)
             plan, path = _plan(vt, tc, stage)
@@ -269,7 +271,8 @@ def allocate(cfg, spark=None) -> AllocationResult:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     paths = {n: os.path.join(out, n) for n in (report.JSON_NAME, report.MD_NAME, report.PNG_NAME)}
-    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths)
+    res = AllocationResult(result=result, plan=plan, output_dir=os.path.abspath(out), paths=paths,
+                           policies=policies)
     if log_mlflow:                          # a store lost by now: exit 4 or one warning
         from segmentation.evaluation.report import guarded_logging
 
