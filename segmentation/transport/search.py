@@ -40,6 +40,7 @@ the users answers every open request of every search (``transport.passes``).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -50,6 +51,8 @@ from scipy.optimize import linear_sum_assignment
 from segmentation.transport.capacity import Capacities
 from segmentation.transport.dual import DualResult, dual_iterations
 from segmentation.transport.passes import DualTask, SetTask, SumsTask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -312,6 +315,9 @@ def run_searches(searches: list, run: Callable, scale: float, tol: float, max_it
                 where.append(e)
         results = run(tasks)
         passes += 1
+        if passes % 10 == 0:
+            log.info("transport search: %d passes, %d tasks in the last (%d dual)", passes, len(tasks),
+                     sum(isinstance(t, DualTask) for t in tasks))
         for e, res in zip(where, results):
             if e[1] is None:
                 e[3], e[4] = res, True
