@@ -21,7 +21,25 @@ alpha = 0.5, lambda = ``--lam-frac`` x lambda_max, tol = ``--tol`` (KKT residual
 Full curvature is fitted only for p <= ``--full-max-p`` (above it, one pass and one model solve
 are timed and the fit is estimated as NOT RUN).
 
+With ``--path N`` (issue 12, item 4): passes per lambda along a warm-started path of N
+grid points (lambda_k = lambda_0 r^k, r = 0.01^(1/19), the default 20-point grid's ratio;
+lambda_0 = ``--lam-frac`` x 1.25 x lambda_max, the first point warm-started from the null fit),
+diagonal curvature, side by side in the same process on the same oracle:
+
+- ``old``: the per-creative spectral (Barzilai-Borwein) scaling of the diagonal metric, each
+  fit starting with a pass at its warm start (``quasi_newton="spectral"``);
+- ``new``: Anderson acceleration of the unscaled diagonal-metric steps, seeded with the
+  previous lambda's secant differences, each fit starting from its warm start's final oracle
+  answer (``quasi_newton="anderson"``, ``reuse_warm_answer``);
+- ``full`` (p <= ``--full-max-p``): full-Hessian proximal Newton along the same path, the
+  reference for the objective gap.
+
+Prints passes per lambda, the largest warm-started count and a PASS/FAIL line for "<= 10 passes
+per lambda warm-started" (target of issue 12), and the largest relative objective gap between
+the methods at every grid point.
+
 Usage: .venv/bin/python benchmarks/bench_large_p.py [--rows 200000] [--p 50 200 1000 2000]
+       .venv/bin/python benchmarks/bench_large_p.py --skip-local --path 6 --p 2000 --rows 200000
 """
 from __future__ import annotations
 
@@ -180,6 +198,71 @@ def spark_section(args):
     return lines
 
 
+GRID_RATIO = 0.01 ** (1.0 / 19.0)      # consecutive lambdas of the default grid (20, 0.01)
+PATH_TARGET = 10                        # passes per lambda, warm-started (issue 12, item 4)
+PATH_METHODS = {"old": dict(quasi_newton="spectral", reuse_warm_answer=False, curvature="diagonal"),
+                "new": dict(quasi_newton="anderson", reuse_warm_answer=True, curvature="diagonal"),
+                "full": dict(curvature="full")}
+
+
+def path_section(args):
+    """Passes per lambda along a warm-started path, old vs new diagonal mode (module docstring)."""
+    lines = []
+    ok_all = True
+    for p in args.p:
+        st, X, y, creative = simulate(args.rows, p)
+        oracle = LocalOracle.from_arrays(X, y, creative, n_creatives=st.n_creatives,
+                                         add_intercept=False, n_blocks=args.blocks)
+        del X
+        null = fit(oracle, st, np.inf, args.alpha, tol=1e-10, curvature="diagonal")
+        lmax = lambda_max(st, args.alpha, null.grad)
+        lams = [args.lam_frac * 1.25 * lmax * GRID_RATIO ** k for k in range(args.path)]
+        methods = [m for m in PATH_METHODS if m != "full" or p <= args.full_max_p]
+        fits = {}
+        for name in methods:
+            to = TimedOracle(oracle)
+            prev, out = null, []
+            t, c = time.perf_counter(), time.process_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for lam in lams:
+                    prev = fit(to, st, lam, args.alpha, tol=args.tol, max_iter=50, warm_start=prev,
+                               **PATH_METHODS[name])
+                    out.append(prev)
+            wall, drv = time.perf_counter() - t, time.process_time() - c - to.cpu
+            fits[name] = (out, wall, drv, to.passes)
+        head = (f"# path p={p} rows={args.rows} alpha={args.alpha} lambda/lambda_max = "
+                + " ".join(f"{lam / lmax:.3f}" for lam in lams))
+        print(head, flush=True)
+        lines.append(head)
+        for name in methods:
+            out, wall, drv, total = fits[name]
+            passes = [r.n_passes for r in out]
+            warm = max(passes[1:]) if len(passes) > 1 else passes[0]
+            conv = all(r.converged for r in out)
+            ref = fits["full" if "full" in fits else "new"][0]
+            gap = max(abs(a.objective - b.objective) / abs(b.objective) for a, b in zip(out, ref))
+            same = all(np.array_equal(a.fused, b.fused) and np.array_equal(a.gamma == 0, b.gamma == 0)
+                       for a, b in zip(out, ref))
+            line = (f"{p:>5} {name:>5} passes/lambda {' '.join(f'{n:>2}' for n in passes)}  "
+                    f"max warm {warm:>2}  median {float(np.median(passes)):>4.1f}  total {total:>3}  "
+                    f"wall {wall:6.1f} s  driver {drv:5.1f} s  gap to "
+                    f"{'full' if 'full' in fits else 'new'} {gap:.1e} {'same' if same else 'DIFF'} "
+                    f"zeros/fusion{'' if conv else '  NOT CONVERGED'}")
+            print(line, flush=True)
+            lines.append(line)
+        warm_new = max(r.n_passes for r in fits["new"][0][1:])
+        warm_old = max(r.n_passes for r in fits["old"][0][1:])
+        ok = warm_new <= PATH_TARGET and all(r.converged for r in fits["new"][0])
+        ok_all &= ok
+        line = (f"{'PASS' if ok else 'FAIL'}: p={p}, {args.rows:,} rows: <= {PATH_TARGET} passes per "
+                f"lambda warm-started: new {warm_new} (old {warm_old} in the same run)")
+        print(line, flush=True)
+        lines.append(line)
+        del oracle
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
@@ -194,6 +277,8 @@ def main():
     ap.add_argument("--spark-p", type=int, default=0,
                     help="also time the SparkOracle at this p (0: skip)")
     ap.add_argument("--skip-local", action="store_true")
+    ap.add_argument("--path", type=int, default=0,
+                    help="also run a warm-started path of this many lambdas, old vs new (0: skip)")
     args = ap.parse_args()
     print(f"# bench_large_p: rows={args.rows} K=12 (4 segments x 3) alpha={args.alpha} "
           f"lambda={args.lam_frac} x lambda_max tol={args.tol} blocks={args.blocks}; "
@@ -257,6 +342,8 @@ def main():
             print(line, flush=True)
             rows_out.append(line)
         del oracle
+    if args.path:
+        rows_out += path_section(args)
     if args.spark_p:
         rows_out += spark_section(args)
     return rows_out
