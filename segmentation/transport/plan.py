@@ -112,7 +112,10 @@ def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: in
            max_rounds: int = MAX_ROUNDS) -> Decision:
     """Run the searches for S = 1..max_treatments and the full-personalisation value on ``run``."""
     forced = _check_names(names, cfg)
-    caps = capacities(list(names), n, cfg.min_share, cfg.max_share)     # per-treatment head counts
+    try:
+        caps = capacities(list(names), n, cfg.min_share, cfg.max_share)     # per-treatment head counts
+    except ValueError as e:
+        raise DataValidationError(str(e)) from None
     limits = Limits(n, caps.lower, caps.upper, forced)
     if len(forced) > cfg.max_treatments:
         raise DataValidationError(f"transport.min_share: {len(forced)} treatments have a positive minimum "
