@@ -143,6 +143,9 @@ class NotebookRun:
             if stop_after is not None and cell.index > stop_after:
                 break
             self.run_cell(cell)
+        unknown = sorted(set(self.dbutils.widgets.overrides) - set(self.dbutils.widgets.defaults))
+        if stop_after is None and unknown:
+            raise AssertionError(f"widgets {unknown} were given values but no cell defines them")
         return self
 
     def run_cell(self, cell: Cell) -> Cell:
