@@ -250,10 +250,15 @@ def evaluate_config(cfg, spark=None, mlflow_run_id: str | None = None) -> Evalua
         raise FileNotFoundError(f"no model.json in output.model_dir ({cfg.output.model_dir}): "
                                 "run `segment fit` first")
     model = SegmentationModel.load(path)
+    log_mlflow = None
+    if getattr(cfg.mlflow, "enabled", True):    # the tracking store before Spark starts (exit 3)
+        run_id = (mlflow_run_id or (model.selection or {}).get("mlflow_run_id")
+                  or (model.fit or {}).get("mlflow_run_id"))
+        log_mlflow = None if report.check_tracking(cfg, run_id) else False
     if spark is None:
         from segmentation.workflow import spark_for
 
         spark = spark_for(cfg, app_name="segmentation-evaluate")
-    res = run_evaluation(spark, cfg, model, mlflow_run_id=mlflow_run_id)
+    res = run_evaluation(spark, cfg, model, mlflow_run_id=mlflow_run_id, log_mlflow=log_mlflow)
     print(report.markdown(res.to_dict()))
     return res

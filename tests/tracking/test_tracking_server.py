@@ -160,6 +160,18 @@ def test_server_down_not_required_fits_with_one_warning(spark, campaign, tmp_pat
     assert (model_dir / "model.json").exists() and "mlflow_run_id" not in model.fit
     assert not (tmp_path / "mlflow.db").exists()
 
+    # segment evaluate of that model, store still down and required: exit 3 before Spark starts
+    cfg_path = tmp_path / "evaluate.yaml"
+    cfg_path.write_text(yaml.safe_dump(_raw(campaign, str(model_dir), url)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-m", "segmentation.cli", "evaluate", str(cfg_path)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 3, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0] and "nothing was evaluated" in errors[0]
+    assert "Spark" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(model_dir)) == ["calibration.csv", "cv_table.csv", "model.json"]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("required", [True, False])
