@@ -62,9 +62,11 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path):
+def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)                   # no local store may appear here
 
     model_dir = str(tmp_path / "model")
     cfg = parse_config(_raw(campaign, model_dir, server.url, register_model_name="segmentation-srv"))
@@ -90,7 +92,7 @@ def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path):
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
     stored = {p.name for p in server.artifacts.rglob("*") if p.is_file()}
     assert {"model.json", "cv_table.csv", "MLmodel", "cv_curve.png"} <= stored
-    assert not os.path.exists("mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
 
     # Model Registry: a version of the pyfunc, linked to the run, READY, that predicts
     versions = client.search_model_versions("name = 'segmentation-srv'")
