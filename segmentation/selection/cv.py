@@ -623,9 +623,11 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
                                          label=f"{name}[a{a},f{f}] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}",
                                          weights=W.get((a, f))))
                     keys.append((a, f))
+                # the full-data fit needs no held-out metrics: it starts from its warm start's
+                # final oracle answer (diagonal curvature; a pass fewer when it has no folds)
                 probs.append(Problem(lam, alphas[a], include=None, warm_start=prev_full[a],
                                      label=f"{name}[a{a},full] alpha={alphas[a]:g} lambda[{k}]={lam:.4g}",
-                                     weights=W.get((a, None))))
+                                     weights=W.get((a, None)), reuse_warm_answer=True))
                 keys.append((a, None))
             return probs, keys
 
@@ -682,8 +684,12 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
             mine = [m for m in warn_msgs if f"{name}[a{a}," in m]
             points[(a, k)] = PathPoint(a, k, alphas[a], lam, full, fold_res,
                                        np.full(F, np.nan), np.full(F, np.nan), step_passes, mine)
+            # the fits of index k - 1 served as warm starts: free their Anderson secant history
+            # (diagonal mode, ~2 AA_MEMORY (m + K) p doubles each; the new fits carry their own)
+            prev_full[a].secant = None
             prev_full[a] = full
             for f in range(F):
+                prev_fold[(a, f)].secant = None
                 prev_fold[(a, f)] = fold_res[f]
                 pending[(a, k, f)] = (masks[f], fold_res[f].beta)
         if checkpoint is not None:
