@@ -321,7 +321,24 @@ def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
 
 
 def staging_dir(final_dir: str) -> str:
-    """A fresh directory beside ``final_dir`` (same filesystem, so the final rename is atomic)."""
+    """A fresh directory beside ``final_dir`` (same filesystem, so the final rename is atomic),
+    with the permissions of a directory made normally (``mkdtemp`` makes it 0700, which the
+    published model directory would keep: unreadable to anyone but the scheduler's user)."""
     parent = os.path.dirname(os.path.abspath(final_dir)) or "."
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    path = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would change it for every
+    thread for a moment); 0o022 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022

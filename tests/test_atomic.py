@@ -72,3 +72,17 @@ def test_exchange_is_available_here(tmp_path):
     _make(tmp_path / "b", "b")
     assert atomic._exchange(str(tmp_path / "a"), str(tmp_path / "b"))
     assert _read(tmp_path / "a") == "b" and _read(tmp_path / "b") == "a"
+
+
+def test_staging_dir_has_normal_permissions(tmp_path):
+    """The model directory is published by renaming its staging directory: it must not keep
+    mkdtemp's 0700 (readers other than the scheduler's user could not open model.json)."""
+    from segmentation.pipeline import staging_dir
+
+    umask = os.umask(0o022)
+    try:
+        stage = staging_dir(str(tmp_path / "models" / "ds=2024-01-01"))
+    finally:
+        os.umask(umask)
+    assert os.path.basename(stage).startswith(".ds=2024-01-01.tmp-")
+    assert os.stat(stage).st_mode & 0o777 == 0o755
