@@ -15,9 +15,10 @@ Everything a run writes is keyed by the logical date ``{{ ds }}``:
 A retry or a backfill of the same date writes the same model directory and the same partition
 again, never a second copy: the model directory is written to a hidden staging directory beside
 it and swapped in with one atomic rename exchange (``segmentation/atomic.py``); the partition is
-replaced by Spark's dynamic partition overwrite (Parquet: staged files moved in at job commit),
-``replaceWhere`` (Delta) or ``insertInto`` with dynamic overwrite (tables), see
-``segmentation/data/write.py``; a failed attempt leaves the previous output as it was. The jobs exit 0 on success, 2 with a one-line
+swapped in the same way on a local file system, elsewhere replaced by Spark's dynamic partition
+overwrite (Parquet: staged files moved in at job commit), ``replaceWhere`` (Delta) or
+``insertInto`` with dynamic overwrite (tables), see ``segmentation/data/write.py``; a failed
+attempt leaves the previous output as it was. The jobs exit 0 on success, 2 with a one-line
 ``error: ...`` on stderr for bad input or config (nothing written), 1 otherwise; spark-submit
 passes the code on and the operator fails the task on any non-zero code.
 
