@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from segmentation.data.encode import col_ref
 from segmentation.errors import ConfigError, DataValidationError
 from segmentation.transport import report
 from segmentation.transport.values import (ValueTable, check_limits, check_value_table, distinct_users,
@@ -160,7 +161,7 @@ def _creative_index(df, user_col: str, col: str, names: list[str], creatives: li
     idx = F.lit(None).cast("int")
     for t in reversed(names):
         idx = F.when(F.col(col) == F.lit(t), F.lit(creatives.index(t))).otherwise(idx)
-    return df.select(user_col, idx.alias("creative_index"))
+    return df.select(col_ref(user_col), idx.alias("creative_index"))
 
 
 def _argmax_index(vt: ValueTable, creatives: list[str]):
@@ -172,7 +173,7 @@ def _argmax_index(vt: ValueTable, creatives: list[str]):
     idx = F.lit(None).cast("int")
     for c, t in reversed(list(zip(vt.columns, vt.names))):
         idx = F.when(F.col(c) == best, F.lit(creatives.index(t))).otherwise(idx)
-    return vt.df.select(vt.user_col, idx.alias("creative_index"))
+    return vt.df.select(col_ref(vt.user_col), idx.alias("creative_index"))
 
 
 def _out_of_fold(spark, cfg, model, stage: str):

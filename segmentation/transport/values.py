@@ -131,7 +131,7 @@ def distinct_users(df, user_col: str, columns: list[str]):
         return df.select(col_ref(user_col)).distinct()
     packed = F.min(F.struct(*[col_ref(c).alias(f"c{i}") for i, c in enumerate(columns)])).alias("_x")
     g = df.groupBy(col_ref(user_col).alias(user_col)).agg(packed)
-    return g.select(user_col, *[F.col(f"_x.c{i}").alias(c) for i, c in enumerate(columns)])
+    return g.select(col_ref(user_col), *[F.col(f"_x.c{i}").alias(c) for i, c in enumerate(columns)])
 
 
 def model_treatments(model, tc) -> list[str]:
@@ -207,7 +207,7 @@ def check_value_table(vt: ValueTable) -> int:
     Returns the number of users; raises DataValidationError naming every culprit and count."""
     from pyspark.sql import functions as F
 
-    u = F.col(vt.user_col)
+    u = col_ref(vt.user_col)
     aggs = [F.count(F.lit(1)).alias("n"), F.count_distinct(u).alias("distinct"),
             F.sum(u.isNull().cast("long")).alias("null_users")]
     for i, c in enumerate(vt.columns):
