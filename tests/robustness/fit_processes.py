@@ -18,13 +18,13 @@ SEGMENT = [sys.executable, "-m", "segmentation.cli"]
 
 
 def fit_config(tmp, data_dir: str, model_dir: str, *, name: str = "fit", mlflow_db: str | None = None,
-               **model) -> str:
+               blocks: str = "blocks", **model) -> str:
     """A small CV config (one alpha, 5 lambdas, 3 folds, block files under ``tmp/blocks`` with
     no grace period) written to ``tmp/<name>.yaml``."""
     raw = demo_config(data_dir, model_dir)
     raw["model"] = {"alpha": [0.1], "n_lambda": 5, "lambda_min_ratio": 0.05, **model}
     raw["cv"] = {"folds": 3, "seed": 0, "rule": "1se", "relax": [0.0, 0.5]}
-    raw["data"]["block_dir"] = os.path.join(str(tmp), "blocks")
+    raw["data"]["block_dir"] = os.path.join(str(tmp), blocks)
     raw["data"]["orphan_grace_seconds"] = 0
     raw["mlflow"] = ({"tracking_uri": f"sqlite:///{mlflow_db}", "experiment": "robustness"}
                      if mlflow_db else {"enabled": False})
