@@ -13,9 +13,10 @@ its stage is complete, so a kill at any moment leaves only whole stages behind:
 
 ``state.json`` holds the fingerprint the stages belong to and the attempts that wrote them.
 A run continues from the longest run of consecutive steps; because the solver's iterates depend
-only on the warm start (``Problem.warm_start``: gamma and delta, stored bit for bit) and the
-held-out metrics of index k are matched bitwise in the first pass of index k + 1 exactly as in
-an uninterrupted run, the resumed path computes the same numbers.
+only on the warm start (``Problem.warm_start``: the FitResult with its coefficients and, in
+diagonal mode, its last oracle answer and Anderson secants, every field stored bit for bit) and
+the held-out metrics of index k are matched bitwise in the first pass of index k + 1 exactly as
+in an uninterrupted run, the resumed path computes the same numbers.
 
 Stage files are ``.npz`` archives read with ``allow_pickle=False``: arrays as arrays, the rest as
 one JSON document (dataclasses of a fixed list, tuple keys, nan and inf kept); nothing in a

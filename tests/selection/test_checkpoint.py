@@ -105,3 +105,18 @@ def test_stage_files_round_trip_exactly(reference):
     assert back["relax"].scored.keys() == reference.relax.scored.keys()
     with pytest.raises(TypeError):
         dumps({"f": object()})
+
+
+def test_resume_in_diagonal_mode_keeps_the_solver_state(camp, tmp_path):
+    """Diagonal curvature: a fit warm-started from a FitResult also reuses its last oracle answer
+    and Anderson secants; the checkpoint keeps them, so the resumed path is still bit for bit."""
+    st, oracle, _, _ = camp
+    kw = dict(KW, curvature="diagonal", relax=None)
+    ref = cross_validate(oracle, st, ALPHAS, **kw)
+    d = str(tmp_path / "ck")
+    ck = StopAfter.open(d, "fp-d")
+    ck.stop = "step-00001"
+    with pytest.raises(Interrupted):
+        cross_validate(oracle, st, ALPHAS, checkpoint=ck, **kw)
+    res = cross_validate(oracle, st, ALPHAS, checkpoint=PathCheckpoint.open(d, "fp-d"), **kw)
+    _same(res, ref)
