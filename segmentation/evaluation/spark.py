@@ -30,6 +30,19 @@ PROPENSITY = "_eval_p"
 POLICY_PREFIX = "_eval_policy_"
 
 
+def _map_in_pandas(frame, fn, schema: str):
+    """``frame.mapInPandas(fn, schema)`` for any column names. PySpark 4.3 builds the call from
+    ``frame[name]`` for every column, which reads a name with a dot ("user.id") as a struct
+    field and fails; so the columns travel under positional names and ``fn`` sees the originals."""
+    names = list(frame.columns)
+    safe = frame.toDF(*[f"_c{i}" for i in range(len(names))])
+
+    def renamed(batches):
+        return fn(pdf.set_axis(names, axis=1) for pdf in batches)
+
+    return safe.mapInPandas(renamed, schema)
+
+
 def eval_frame(df, *, user_col: str, creative_col: str, response_col: str, creatives: list[str],
                encoding: Encoding, n_folds: int, seed: int, propensity_col: str | None = None):
     """The columns the evaluation needs: user, creative index, response (double), fold (the
@@ -133,7 +146,7 @@ def training_sums(frame, *, encoding: Encoding, shares, n_folds: int, n_creative
 
     num = np.zeros((F_, C, K))
     den = np.zeros((F_, C, K))
-    for r in frame.mapInPandas(run, schema).collect():
+    for r in _map_in_pandas(frame, run, schema).collect():
         num += np.asarray(r["num"]).reshape(F_, C, K)
         den += np.asarray(r["den"]).reshape(F_, C, K)
     return num, den
@@ -209,9 +222,9 @@ def term_moments(frame, *, user_col: str, encoding: Encoding, shares, fold_model
         if U:
             yield pd.DataFrame({"u": [U], "s": [S.tolist()], "q": [Q.ravel().tolist()]})
 
-    per_user = (frame.mapInPandas(per_row, row_schema)
-                     .groupBy(user_col).agg(*[F.sum(c).alias(c) for c in tcols]))
-    parts = per_user.mapInPandas(per_partition, "u long, s array<double>, q array<double>").collect()
+    per_user = (_map_in_pandas(frame, per_row, row_schema)
+                     .groupBy(col_ref(user_col)).agg(*[F.sum(c).alias(c) for c in tcols]))
+    parts = _map_in_pandas(per_user, per_partition, "u long, s array<double>, q array<double>").collect()
     U, S, Q = 0, np.zeros(d), np.zeros((d, d))
     for r in parts:
         U += int(r["u"])

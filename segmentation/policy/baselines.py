@@ -38,7 +38,9 @@ def fit_kmeans_folds(df, features_col: str, user_col: str, fold_col: str, n_fold
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    users = (df.select(user_col, fold_col, features_col).dropDuplicates([user_col])
+    from segmentation.data.encode import col_ref
+
+    users = (df.select(col_ref(user_col), fold_col, features_col).dropDuplicates([user_col])
                .select(fold_col, array_to_vector(F.col(features_col)).alias("_kv")))
     users = users.persist()
     try:
