@@ -1,7 +1,7 @@
 """The ``segment`` command: thin wrappers over the library, one verb each.
 
     segment simulate --out DIR [--users N] [--seed S]
-    segment fit CONFIG.yaml [--set dotted.key=value ...]
+    segment fit CONFIG.yaml [--set dotted.key=value ...] [--no-resume]
     segment assign --model MODEL_DIR --input PATH|TABLE --output PATH|TABLE [--run-date YYYY-MM-DD]
     segment demo [--out DIR]            simulate + fit + assign on local Spark
     segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
@@ -10,7 +10,8 @@
 Exit codes: 0 success, 2 bad input or config (message names the key/column), 3 the MLflow
 tracking store cannot be reached at the start (nothing fitted or written; ``mlflow.required:
 false`` fits without it), 4 the outputs were written but MLflow logging failed part way (the
-message says what was not logged), 1 anything else.
+message says what was not logged), 5 another run is writing the same model directory (nothing
+done), 1 anything else.
 """
 from __future__ import annotations
 
