@@ -141,7 +141,7 @@ def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: in
 
 
 def _curve(d: Decision) -> list[dict]:
-    rows, run_best = [], None
+    rows = []
     for r in d.results:
         ok = r.offered is not None
         rows.append({"S": r.S, "value": r.value if ok else None,

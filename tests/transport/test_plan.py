@@ -219,9 +219,8 @@ def test_partitions_and_seed(spark, table):
     other = plan_allocation(df.coalesce(1), "uid", cols, names(5), TransportConfig(**{**SPARK_CFG, "seed": 12}))
     assert other.shares == one.shares                                # same head counts
     assert other.total_value == pytest.approx(one.total_value, rel=1e-12)
-    diff = (other.assignment.alias("o").join(one.assignment.alias("a"), "uid")
-            .where("o.treatment != a.treatment").count())
-    assert diff > 0                                                   # the seed picks who, among ties
+    # who is picked among tied users by the seed: tests/transport/test_dual.py (exact ties); here the
+    # chosen set's optimum may split no tied users, so a different seed need not change any row
 
 
 def test_spark_bad_values_name_the_column(spark):
