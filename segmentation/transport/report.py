@@ -118,7 +118,7 @@ def flat_metrics(result: dict) -> list[tuple[str, float, int]]:
         if e and e.get("estimate") is not None:
             out.append((name, e["estimate"], 0))
             if e.get("ci_low") is not None:
-                out += [(name + "_ci_low", e["ci_low"], 0), (name + "_ci_high", e["ci_high"], 0)]
+                out.extend([(name + "_ci_low", e["ci_low"], 0), (name + "_ci_high", e["ci_high"], 0)])
 
     if ho:
         for P, row in ho["policies"].items():
