@@ -25,7 +25,7 @@ def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
     return spark
 
 
-def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True) -> SegmentationModel:
+def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True, df=None) -> SegmentationModel:
     """Fit under the model directory's lock (``ownership.ModelDirLock``: a second run into the
     same ``output.model_dir`` stops at once with ``RunConflictError``), after tidying what dead
     runs left beside it. A cross-validated fit checkpoints its path beside the model directory
@@ -33,7 +33,9 @@ def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True) -> Segmentat
     checkpoint of the same config, data and code at its next lambda; see ``_run_fit_locked``.
     A fit that ends in an error the input decides (bad config or data, separation) drops its
     checkpoint, since a rerun would fail the same way; any other failure (a lost executor, a
-    signal, an unreachable tracking store) keeps it for the retry."""
+    signal, an unreachable tracking store) keeps it for the retry. ``df``, when given, is the
+    exposure DataFrame to fit instead of reading ``data.exposures`` (which then only labels the
+    run; the pyspark.ml Estimator ``segmentation.ml.FusedSegmentation`` fits this way)."""
     import shutil
 
     from segmentation.errors import DataValidationError, SeparationError
@@ -43,13 +45,13 @@ def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True) -> Segmentat
     with ModelDirLock(cfg.output.model_dir):
         recover_model_dir(cfg.output.model_dir)
         try:
-            return _run_fit_locked(cfg, spark, resume)
+            return _run_fit_locked(cfg, spark, resume, df)
         except (ConfigError, DataValidationError, SeparationError):
             shutil.rmtree(checkpoint_dir(cfg.output.model_dir), ignore_errors=True)
             raise
 
 
-def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> SegmentationModel:
+def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None) -> SegmentationModel:
     """Fit, write ``output.model_dir`` atomically, log to MLflow, print the segment summary.
 
     One (lambda, alpha) in the config: a single fit. Otherwise (no ``model.lambda``, or lists):
@@ -85,7 +87,7 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True) -> Segm
             log.info("MLflow run %s (%s) at %s", tracker.run_id, tracker.run_name, tracker.uri)
     try:
         spark = spark or spark_for(cfg)
-        prepared = prepare(spark, cfg, n_folds=1 if single else cfg.cv.folds)
+        prepared = prepare(spark, cfg, n_folds=1 if single else cfg.cv.folds, df=df)
         cv = None
         try:
             if tracker is not None:
