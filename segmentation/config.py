@@ -162,6 +162,10 @@ class CVConfig(_Section):
 class OutputConfig(_Section):
     model_dir: str
     overwrite: bool = True
+    checkpoint_max_age_hours: float = Field(
+        168.0, ge=0, description="a resume checkpoint beside another model directory of the same "
+                                 "parent whose run is dead and that nothing wrote to for this long "
+                                 "is removed by the next fit (segmentation/resume.py)")
 
 
 class MlflowConfig(_Section):

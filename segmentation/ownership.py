@@ -18,6 +18,12 @@ so a pid reused after a reboot or by a later process is not mistaken for the own
 ``sweep_orphans`` removes directories whose owner is dead *and* older than a grace period
 (a directory whose owner record cannot be read is judged by nothing and left alone).
 
+What is swept this way (``sweep_leftovers``, at the start of every fit): block directories
+(``data/blockstore.py``), staging directories of any output beside the model directory
+(``pipeline.staging_dir``), the temp directories of the package shipped to executors
+(``spark_session.package_archive``), and, judged by their state.json instead, resume
+checkpoints of other model directories (``resume.sweep_checkpoints``).
+
 ``ModelDirLock`` is the model directory's lock: ``fcntl.flock`` on ``.<name>.lock`` beside the
 model directory, held for the whole fit and removed at its end. The kernel drops a flock when
 its process dies, so a killed run never leaves a stale lock (at most the file, which the next
@@ -150,6 +156,38 @@ def sweep_orphans(root: str, pattern, grace_seconds: float = DEFAULT_GRACE_SECON
         if not os.path.exists(path):
             log.info("removed %s left by a dead run (%s, %.0f s old)", path, describe_owner(rec), age)
             removed.append(path)
+    return removed
+
+
+def is_staging_name(name: str) -> bool:
+    """``.<name>.tmp-*``: a directory ``pipeline.staging_dir`` made beside an output."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def sweep_staging_dirs(parent: str, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> list[str]:
+    """Staging directories (``pipeline.staging_dir``) under ``parent`` left by dead runs: those
+    of any output there, not only this run's (a killed run whose output is never written again,
+    yesterday's partition of a daily job, would keep its staged copy forever). Judged by the
+    owner record ``staging_dir`` puts in each (``sweep_orphans``): never a live run's."""
+    return sweep_orphans(parent, is_staging_name, grace_seconds)
+
+
+def sweep_leftovers(cfg) -> list[str]:
+    """What killed runs left that no rerun of theirs would tidy, removed by a fit (under its
+    model lock, before any work): staging directories beside ``output.model_dir``
+    (``sweep_staging_dirs``), the temp directories of the package shipped to executors
+    (``spark_session.sweep_package_dirs``), and stale resume checkpoints of the other model
+    directories there (``resume.sweep_checkpoints``). Never anything of a live run; the grace
+    period is ``data.orphan_grace_seconds``. Returns the removed paths."""
+    from segmentation.resume import sweep_checkpoints
+    from segmentation.spark_session import sweep_package_dirs
+
+    grace = float(cfg.data.orphan_grace_seconds)
+    parent = os.path.dirname(os.path.abspath(cfg.output.model_dir))
+    removed = sweep_staging_dirs(parent, grace)
+    removed += sweep_package_dirs(grace)
+    removed += sweep_checkpoints(cfg.output.model_dir, float(cfg.output.checkpoint_max_age_hours) * 3600.0,
+                                 grace)
     return removed
 
 

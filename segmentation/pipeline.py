@@ -31,6 +31,7 @@ from segmentation.data.read import read_exposures
 from segmentation.data.validate import ValidationReport, scan_and_validate, validate_and_encode
 from segmentation.model import SegmentationModel
 from segmentation.errors import ConfigError
+from segmentation.ownership import OWNER_FILE, write_owner
 from segmentation.oracle.spark import SparkOracle
 from segmentation.oracle.spark_cache import SparkCacheOracle
 from segmentation.solver.curvature import resolve_curvature
@@ -317,17 +318,24 @@ def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
     """Move a fully written output directory into place (rename; old copy removed after)."""
     if os.path.exists(final_dir) and not overwrite:
         raise FileExistsError(f"{os.path.abspath(final_dir)} exists and output.overwrite is false")
+    try:
+        os.unlink(os.path.join(tmp_dir, OWNER_FILE))    # staging_dir's owner record stays behind
+    except FileNotFoundError:
+        pass
     replace_dir(tmp_dir, final_dir)
 
 
 def staging_dir(final_dir: str) -> str:
     """A fresh directory beside ``final_dir`` (same filesystem, so the final rename is atomic),
     with the permissions of a directory made normally (``mkdtemp`` makes it 0700, which the
-    published model directory would keep: unreadable to anyone but the scheduler's user)."""
+    published model directory would keep: unreadable to anyone but the scheduler's user).
+    It holds this process's owner record (``ownership.OWNER_FILE``, dropped by ``publish_dir``),
+    so a later run removes it if this one is killed (``ownership.sweep_staging_dirs``)."""
     parent = os.path.dirname(os.path.abspath(final_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     path = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
     os.chmod(path, 0o777 & ~_umask())
+    write_owner(path)
     return path
 
 

@@ -75,17 +75,49 @@ def _submitted() -> bool:
     ) or os.environ.get("SPARK_ENV_LOADED") == "1" or "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+PACKAGE_DIR_PREFIXES = ("segmentation-pkg-", "segmentation-whl-")
+
+
+def _own_temp_dir(prefix: str) -> str:
+    """A new directory in the temp dir for files shipped to executors: it carries this
+    process's owner record and is removed when the process exits. Spark serves an
+    ``addPyFile`` from the original path for the whole session (executors that join later
+    fetch it then), so it cannot go earlier; a killed process leaves it to
+    ``sweep_package_dirs``."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from segmentation.ownership import write_owner
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    write_owner(path)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def sweep_package_dirs(grace_seconds: float) -> list[str]:
+    """Remove the temp directories of ``package_archive`` / ``ship_package`` left by dead
+    processes (owner gone, older than ``grace_seconds``; ``ownership.sweep_orphans``)."""
+    import tempfile
+
+    from segmentation.ownership import sweep_orphans
+
+    return sweep_orphans(tempfile.gettempdir(), lambda n: n.startswith(PACKAGE_DIR_PREFIXES),
+                         grace_seconds)
+
+
 def package_archive() -> str:
-    """A zip of this package (``segmentation/`` at its root), built once per process."""
+    """A zip of this package (``segmentation/`` at its root), built once per process in a
+    directory of its own (``_own_temp_dir``)."""
     global _ARCHIVE
     if _ARCHIVE is None or not os.path.exists(_ARCHIVE):
         import shutil
-        import tempfile
 
         import segmentation
 
         pkg_dir = os.path.dirname(os.path.abspath(segmentation.__file__))
-        base = os.path.join(tempfile.mkdtemp(prefix="segmentation-pkg-"), "segmentation")
+        base = os.path.join(_own_temp_dir(PACKAGE_DIR_PREFIXES[0]), "segmentation")
         _ARCHIVE = shutil.make_archive(base, "zip", root_dir=os.path.dirname(pkg_dir),
                                        base_dir="segmentation")
     return _ARCHIVE
@@ -127,9 +159,8 @@ def ship_package(spark) -> str:
         local = whl.removeprefix("file://").removeprefix("file:")
         if os.path.exists(local):
             import shutil
-            import tempfile
 
-            as_zip = os.path.join(tempfile.mkdtemp(prefix="segmentation-whl-"),
+            as_zip = os.path.join(_own_temp_dir(PACKAGE_DIR_PREFIXES[1]),
                                   os.path.basename(local)[:-4] + ".zip")
             shutil.copyfile(local, as_zip)
             sc.addPyFile(as_zip)

@@ -39,11 +39,12 @@ def run_fit(cfg: SegmentConfig, spark=None, *, resume: bool = True, df=None) -> 
     import shutil
 
     from segmentation.errors import DataValidationError, SeparationError
-    from segmentation.ownership import ModelDirLock, recover_model_dir
+    from segmentation.ownership import ModelDirLock, recover_model_dir, sweep_leftovers
     from segmentation.resume import checkpoint_dir
 
     with ModelDirLock(cfg.output.model_dir):
         recover_model_dir(cfg.output.model_dir)
+        sweep_leftovers(cfg)
         try:
             return _run_fit_locked(cfg, spark, resume, df)
         except (ConfigError, DataValidationError, SeparationError):

@@ -1,0 +1,162 @@
+"""What a killed run leaves that no rerun of its own would tidy is removed by the next fit
+(``ownership.sweep_leftovers``): staging directories of any output beside the model directory,
+the temp directories of the package shipped to executors, and stale resume checkpoints of other
+model directories. Never while the owner lives.
+
+The owner is a real process that makes these with the package's own functions
+(``pipeline.staging_dir``, ``spark_session.package_archive``, ``resume``'s checkpoint) and then
+sleeps; "dead" is that process killed by SIGKILL (by pid) and reaped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from segmentation.config import SegmentConfig
+from segmentation.ownership import ModelDirLock, sweep_leftovers
+from segmentation.resume import checkpoint_dir, sweep_checkpoints
+from segmentation.workflow import demo_config
+
+OWNER = r"""
+import json, os, sys, time
+from segmentation.ownership import ModelDirLock, owner_record
+from segmentation.pipeline import staging_dir
+from segmentation.resume import checkpoint_dir
+from segmentation.selection.checkpoint import PathCheckpoint
+from segmentation.spark_session import package_archive
+
+model_dir, hold_lock = sys.argv[1], sys.argv[2] == "lock"
+lock = ModelDirLock(model_dir).acquire() if hold_lock else None
+ck = PathCheckpoint.open(checkpoint_dir(model_dir), "f" * 64, attempt=owner_record())
+ck.save(PathCheckpoint.step_name(0), {"lambda": 0.5})
+made = {"staging": staging_dir(model_dir), "package": os.path.dirname(package_archive()),
+        "checkpoint": ck.directory}
+print(json.dumps(made), flush=True)
+time.sleep(600)
+"""
+
+
+class Owner:
+    """A process holding a staging dir, a package temp dir and a checkpoint of ``model_dir``."""
+
+    def __init__(self, model_dir: str, tmpdir: str, hold_lock: bool = False):
+        env = dict(os.environ, TMPDIR=tmpdir)
+        self.proc = subprocess.Popen([sys.executable, "-c", OWNER, model_dir, "lock" if hold_lock else "-"],
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        assert line, f"owner process ended (exit {self.proc.wait()})"
+        self.made = json.loads(line)
+
+    def paths(self) -> list[str]:
+        return sorted(self.made.values())
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def owners():
+    started: list[Owner] = []
+    yield started
+    for o in started:
+        if o.proc.poll() is None:
+            o.kill()
+
+
+@pytest.fixture
+def tmpdir_for_packages(tmp_path, monkeypatch):
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))      # where package_archive and the sweep look
+    return str(d)
+
+
+def config(model_dir: str, *, grace: float = 0.0, max_age_hours: float = 0.0) -> SegmentConfig:
+    raw = demo_config("/no/data", model_dir)
+    raw.pop("segments_file")
+    raw["segments"] = {"s1": ["c1", "c2"]}
+    raw["data"]["orphan_grace_seconds"] = grace
+    raw["output"]["checkpoint_max_age_hours"] = max_age_hours
+    return SegmentConfig.model_validate(raw)
+
+
+def test_a_live_owners_leftovers_survive_a_dead_ones_go(tmp_path, tmpdir_for_packages, owners):
+    models = tmp_path / "models"
+    live = Owner(str(models / "ds=2024-01-01"), tmpdir_for_packages)
+    dead = Owner(str(models / "ds=2024-01-02"), tmpdir_for_packages)
+    owners += [live, dead]
+    for p in live.paths() + dead.paths():
+        assert os.path.isdir(p), p
+    assert os.path.basename(live.made["package"]).startswith("segmentation-pkg-")
+    assert os.path.basename(live.made["staging"]).startswith(".ds=2024-01-01.tmp-")
+    cfg = config(str(models / "ds=2024-01-03"))
+    # both owners alive: nothing is touched, whatever the grace period and age limit say
+    assert sweep_leftovers(cfg) == []
+    dead.kill()
+    removed = sweep_leftovers(cfg)
+    assert sorted(removed) == dead.paths()
+    for p in live.paths():
+        assert os.path.isdir(p), p
+    for p in dead.paths():
+        assert not os.path.exists(p), p
+    # the staging dir's owner record does not reach the published model
+    assert os.path.exists(os.path.join(live.made["staging"], "owner.json"))
+    # no lock files left beside the models by the checkpoint sweep's locking
+    assert not [n for n in os.listdir(models) if n.endswith(".lock")]
+    live.kill()
+    assert sorted(sweep_leftovers(cfg)) == live.paths()
+
+
+def test_grace_period_and_age_limit_keep_a_dead_runs_checkpoint(tmp_path, tmpdir_for_packages, owners):
+    models = tmp_path / "models"
+    o = Owner(str(models / "a"), tmpdir_for_packages)
+    owners.append(o)
+    o.kill()
+    ck = o.made["checkpoint"]
+    # young (grace period) or within the age limit: kept, for a retry to resume
+    assert sweep_leftovers(config(str(models / "b"), grace=3600.0)) == []
+    assert sweep_checkpoints(str(models / "b"), max_age_seconds=3600.0, grace_seconds=0.0) == []
+    assert os.path.isdir(ck)
+    # the run's own model directory never sweeps its own checkpoint (it resumes it)
+    assert sweep_checkpoints(str(models / "a"), max_age_seconds=0.0, grace_seconds=0.0) == []
+    # past the age limit (seen from an hour later): gone
+    assert sweep_checkpoints(str(models / "b"), max_age_seconds=3600.0, grace_seconds=0.0,
+                             now=time.time() + 3601.0) == [ck]
+
+
+def test_a_checkpoint_goes_once_its_model_was_published_after_it(tmp_path, tmpdir_for_packages, owners):
+    models = tmp_path / "models"
+    o = Owner(str(models / "a"), tmpdir_for_packages)
+    owners.append(o)
+    o.kill()
+    ck = o.made["checkpoint"]
+    os.makedirs(models / "a")
+    time.sleep(0.05)
+    (models / "a" / "model.json").write_text("{}")
+    assert sweep_checkpoints(str(models / "b"), max_age_seconds=1e9, grace_seconds=0.0) == [ck]
+
+
+def test_a_checkpoint_whose_model_dir_is_locked_is_kept(tmp_path, tmpdir_for_packages, owners):
+    """A run about to resume a dead attempt's checkpoint holds the model lock before it reads
+    the checkpoint: the sweep of another run skips it even though its recorded owner is dead."""
+    models = tmp_path / "models"
+    dead = Owner(str(models / "a"), tmpdir_for_packages)
+    owners.append(dead)
+    dead.kill()
+    retry = Owner(str(models / "other"), tmpdir_for_packages, hold_lock=True)
+    owners.append(retry)
+    with ModelDirLock(str(models / "a")):
+        assert sweep_checkpoints(str(models / "b"), max_age_seconds=0.0, grace_seconds=0.0) == []
+    assert os.path.isdir(dead.made["checkpoint"])
+    # the live owner holding its lock: its checkpoint is kept too (and its lock stays)
+    assert os.path.isdir(retry.made["checkpoint"])
+    assert os.path.exists(models / ".other.lock")
