@@ -112,18 +112,23 @@ def markdown(result: dict) -> str:
 
 
 def bar_chart(result: dict, path: str) -> None:
-    """Bar chart of the DR value of each policy with 95% CI whiskers (matplotlib Agg)."""
-    import matplotlib
+    """:func:`bar_chart_figure` saved to ``path`` (PNG)."""
+    bar_chart_figure(result).savefig(path, dpi=110)
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def bar_chart_figure(result: dict):
+    """Bar chart of the DR value of each policy with 95% CI whiskers: a matplotlib ``Figure``
+    built without pyplot, so no backend is chosen or changed (a notebook's inline display keeps
+    working) and nothing is left in pyplot's figure registry."""
+    from matplotlib.figure import Figure
 
     pol = result["summary"]["policies"]
     names = [p for p in pol if pol[p]["value"].get("dr", {}).get("estimate") is not None]
     vals = [pol[p]["value"]["dr"]["estimate"] * 100 for p in names]
     lo = [v - pol[p]["value"]["dr"]["ci_low"] * 100 for p, v in zip(names, vals)]
     hi = [pol[p]["value"]["dr"]["ci_high"] * 100 - v for p, v in zip(names, vals)]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     colors = ["tab:blue" if p == "segment" else "tab:gray" if p == "random" else "tab:orange"
               for p in names]
     ax.bar(range(len(names)), vals, yerr=[lo, hi], capsize=5, color=colors)
@@ -136,8 +141,7 @@ def bar_chart(result: dict, path: str) -> None:
         for i, v in enumerate(vals):
             ax.text(i, v / 2, f"{v:.1f}", ha="center", va="center", color="white", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_outputs(result: dict, out_dir: str) -> dict[str, str]:

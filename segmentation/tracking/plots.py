@@ -6,15 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _figure(figsize):
     from matplotlib.figure import Figure
 
@@ -174,15 +165,20 @@ def calibration_figure(model):
 
 
 def allocation_curve(allocation: dict, path: str) -> str:
+    """:func:`allocation_curve_figure` saved to ``path``."""
+    return _save(allocation_curve_figure(allocation), path)
+
+
+def allocation_curve_figure(allocation: dict):
     """What coarseness costs: the value with at most S treatments (under the capacity limits) as a
     share of full personalization, S = 1..max_treatments; each point labelled with its offered
     set (``allocation``: the allocation.json content)."""
-    plt = _plt()
     plan = allocation["plan"]
     rows = [r for r in plan["curve"] if r.get("share_of_full") is not None]
     S = [r["S"] for r in rows]
     share = [100.0 * r["share_of_full"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = _figure((7.5, 4.5))
+    ax = fig.subplots()
     ax.plot(S, share, marker="o", color="C0", label="sum of values / sum of each user's best value")
     for s, v, r in zip(S, share, rows):
         label = ", ".join(r.get("offered") or [])
@@ -196,6 +192,4 @@ def allocation_curve(allocation: dict, path: str) -> str:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
