@@ -107,8 +107,7 @@ def group_lp(stats: PriceStats, level: int, caps: Capacities, K: int):
                 var_g.append(gi)
                 var_t.append(t)
                 obj.append(vec[1 + t] / m)
-    nv, ng = len(obj), len(keys)
-    if nv == 0:
+    if not obj:
         return None
     var_g, var_t = np.array(var_g), np.array(var_t)
     sizes = np.array([stats.groups[(level, m)][0] for m in keys])
@@ -162,29 +161,56 @@ def group_lp(stats: PriceStats, level: int, caps: Capacities, K: int):
 
 
 def _ambiguous(stats: PriceStats, level: int) -> tuple:
-    """The ambiguous groups of a level as a hashable (mask, size) tuple."""
+    """The ambiguous groups of a level as a hashable, sorted tuple of (mask, size)."""
     return tuple(sorted((m, float(v[0])) for (lv, m), v in stats.groups.items() if lv == level and m & (m - 1)))
 
 
 def best_plan(stats: PriceStats, p: np.ndarray, deltas: np.ndarray, caps: Capacities, K: int,
-              floor: float = -math.inf, ceiling: float = math.inf):
-    """The best certified primal over the tolerance levels.
+              floor: float = -math.inf, ceiling: float = math.inf, solved: list | None = None):
+    """The best certified primal over the tolerance levels (None if no level's LP is feasible).
 
-    Levels are skipped when they cannot help: one whose ambiguous groups equal the previous
-    (smaller) level's gives the same LP with a larger delta, and one whose certificate could not
-    exceed ``floor`` (the best known) even if its LP reached ``ceiling`` (a dual value: an upper
-    bound on any primal) is not solved.
+    Levels are visited in increasing order of delta and two kinds are skipped without changing
+    the result (the best ``certified = LP value - delta * n_ambiguous``):
+
+    1. A level whose ambiguous groups (the sorted (mask, size) pairs) equal those of the level
+       visited just before it (a smaller delta). Proof: a user is ambiguous at delta iff the gap
+       between its best and second-best surplus is <= delta, and its candidate set
+       {t : w_t >= b - delta} only grows with delta; so the ambiguous users of the smaller delta
+       are a subset of those of the larger one, and each user's mask a subset of its mask there.
+       Equal total sizes make the user sets equal, and equal mask multisets with masks that can
+       only grow make every user's mask equal. The fixed users (the rest) are then the same with
+       the same argmax, so both levels give the same LP (same value, or both infeasible), and the
+       larger delta's certificate is smaller. If the smaller level was itself skipped by rule 2,
+       the larger one fails rule 2 too (its bound is lower, ``floor`` only rises).
+       (fcd4e7f applied this rule in the ladder's order, which after delta = 0 runs from the
+       largest delta down: it kept the largest delta of a run of equal levels and dropped the
+       small ones, leaving certificates of LP - scale * 1e-5 * n_ambiguous: the stalled
+       tied-values solve of 50c76a7.)
+    2. A level whose certificate cannot exceed ``floor`` (a certificate already known): its LP
+       value is that of a feasible fractional primal, hence at most the primal optimum, hence at
+       most any dual value ``ceiling``; so its certificate is at most ``ceiling - delta * n_amb``.
+
+    ``solved``, if a list, receives the levels whose LP was solved (for tests).
     """
-    # The pruning described above (fcd4e7f) left a tied-values solve 1.8 above tolerance after
-    # 500 price updates (tests/transport/test_spark.py); every level is solved again until it
-    # is found. ``floor`` and ``ceiling`` are accepted and unused.
     best = None
-    for level, delta in enumerate(deltas):
+    prev = None
+    for level in np.argsort(deltas, kind="stable"):
+        level, delta = int(level), float(deltas[level])
+        amb = _ambiguous(stats, level)
+        if amb == prev:
+            continue
+        prev = amb
+        n_amb = sum(m for _, m in amb)
+        known = max(floor, best.certified if best is not None else -math.inf)
+        if ceiling - delta * n_amb <= known:
+            continue
+        if solved is not None:
+            solved.append(level)
         out = group_lp(stats, level, caps, K)
         if out is None:
             continue
         value, splits, n_amb = out
-        plan = SplitPlan(prices=p.copy(), delta=float(delta), splits=splits, lp_value=value, n_ambiguous=n_amb)
+        plan = SplitPlan(prices=p.copy(), delta=delta, splits=splits, lp_value=value, n_ambiguous=n_amb)
         if best is None or plan.certified > best.certified:
             best = plan
     return best

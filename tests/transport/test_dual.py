@@ -90,3 +90,51 @@ def test_infeasible_after_rounding_to_heads():
     # shares sum to 1 but 3 users cannot be split into halves of at most 1.5 -> 1 each
     with pytest.raises(ValueError, match=r"transport\.max_share"):
         capacities(["a", "b"], 3, {}, {"a": 0.5, "b": 0.5})
+
+
+@pytest.mark.parametrize("seed,decimals,shift", [(5, 1, [0.4, 0.2, 0.0]), (6, 2, [0.3, 0.3, 0.0]),
+                                                 (7, 0, [0.5, 0.0, 0.0])])
+def test_tied_values_converge_on_the_gap(seed, decimals, shift):
+    """Rounded values: many users exactly tied at the optimal prices. The solve stops on the
+    certified duality gap (not the iteration cap), meets the limits exactly and equals HiGHS."""
+    rng = np.random.default_rng(seed)
+    n = 1500
+    V = np.round(rng.normal(size=(n, 3)) + shift, decimals)
+    caps = capacities(["a", "b", "c"], n, {"c": 0.2}, {"a": 0.35})
+    a = solve_numpy(V, caps, seed=9, max_iter=200)
+    ref = exact_lp(V, caps)
+    assert a.result.converged and a.result.iterations < 100
+    assert a.result.gap_bound <= 1e-9 * abs(ref)
+    assert abs(a.value - ref) <= 1e-9 * abs(ref)
+    assert np.all(a.counts >= caps.lower) and np.all(a.counts <= caps.upper)
+    assert -1e-9 * abs(ref) <= a.gap <= 1e-9 * abs(ref)
+
+
+@pytest.mark.parametrize("seed,decimals", [(5, 1), (8, None)])
+def test_level_pruning_keeps_the_best_certificate(seed, decimals):
+    """best_plan's skipped levels never hold a better certificate: at every price update of a
+    solve, the pruned search returns the certificate of solving every level."""
+    from segmentation.transport.dual import best_plan, capacity_term, delta_ladder, group_lp
+    from segmentation.transport.kernel import batch_rows, merge_rows
+
+    rng = np.random.default_rng(seed)
+    n = 1200
+    V = rng.normal(size=(n, 3)) + [0.4, 0.2, 0.0]
+    V = np.round(V, decimals) if decimals is not None else V
+    caps = capacities(["a", "b", "c"], n, {"c": 0.2}, {"a": 0.35})
+    res = solve_numpy(V, caps)
+    deltas = delta_ladder(float(V.max() - V.min()))
+    skipped = 0
+    for h in [0, 3, len(res.result.history) // 2, len(res.result.history) - 1]:
+        p = res.result.prices if h == len(res.result.history) - 1 else np.random.default_rng(h).normal(0, 0.2, 3)
+        st = merge_rows(batch_rows(V, p, deltas), 3)
+        full = [group_lp(st, lv, caps, 3) for lv in range(len(deltas))]
+        certs = [o[0] - deltas[lv] * o[2] for lv, o in enumerate(full) if o is not None]
+        solved = []
+        plan = best_plan(st, p, deltas, caps, 3, ceiling=st.smax + capacity_term(p, caps), solved=solved)
+        if not certs:
+            assert plan is None
+            continue
+        assert plan.certified == pytest.approx(max(certs), rel=1e-12, abs=1e-9)
+        skipped += len(deltas) - len(solved)
+    assert skipped > 0                                   # the pruning does prune
