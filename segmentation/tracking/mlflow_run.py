@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from segmentation.tracking.local_store import open_experiment
 from segmentation.tracking.uri import resolve_tracking_uri  # noqa: F401 - the one resolver
 
 PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")
@@ -52,17 +53,13 @@ class FitTracker:
     """One parent run; create it before the fit (so a failure is recorded as FAILED)."""
 
     def __init__(self, cfg, *, kind: str = "fit"):
-        from mlflow.tracking import MlflowClient
-
         from segmentation.config import flatten
 
         t0 = time.time()
         self.uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        name = cfg.mlflow.experiment
-        exp = self.client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-            name, artifact_location=_artifact_location(self.uri))
+        # a new sqlite store is created (migrated) by one run at a time (tracking/local_store.py)
+        self.client, self.experiment_id = open_experiment(self.uri, cfg.mlflow.experiment,
+                                                          _artifact_location(self.uri))
         now = _dt.datetime.now(_dt.timezone.utc)
         source = cfg.data.exposures
         short = "/".join(os.path.normpath(source).split(os.sep)[-2:]) or source
