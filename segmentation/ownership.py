@@ -195,19 +195,37 @@ class ModelDirLock:
     """Exclusive lock of one model directory for the length of a fit (module docstring).
 
     ``with ModelDirLock(model_dir): ...``; raises ``RunConflictError`` naming the holder when
-    another live process holds it.
+    another live process holds it for a fit.
+
+    ``purpose="sweep"`` is another run's sweep (``resume.sweep_checkpoints``) holding the lock
+    for a moment to judge a checkpoint: a sweep that finds the lock taken gives up at once,
+    while a fit that finds it held by a sweep (or by a holder that has not written its record
+    yet, or whose recorded owner is dead) waits for it, up to ``WAIT_SECONDS``, instead of
+    failing as if another fit were writing.
     """
 
-    def __init__(self, model_dir: str):
+    WAIT_SECONDS = 30.0
+
+    def __init__(self, model_dir: str, purpose: str = "fit"):
         final = os.path.abspath(model_dir)
         self.model_dir = final
         self.path = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.lock")
+        self.purpose = purpose
         self._fd: int | None = None
+
+    def _passing(self, holder) -> bool:
+        """True when a holder of the lock will let go soon (see the class docstring)."""
+        if self.purpose == "sweep":
+            return False
+        if not isinstance(holder, dict) or "pid" not in holder:
+            return True
+        return holder.get("purpose") == "sweep" or owner_state(holder) == "dead"
 
     def acquire(self) -> "ModelDirLock":
         import fcntl
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        deadline = None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -220,6 +238,11 @@ class ModelDirLock:
                     pass
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    if self._passing(holder):
+                        deadline = deadline or time.monotonic() + self.WAIT_SECONDS
+                        if time.monotonic() < deadline:
+                            time.sleep(0.05)
+                            continue
                     raise RunConflictError(
                         f"{self.model_dir} is being written by another run ({describe_owner(holder)}); "
                         "this run stops without writing anything") from None
@@ -234,7 +257,7 @@ class ModelDirLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner_record()).encode(), 0)
+        os.pwrite(fd, json.dumps(dict(owner_record(), purpose=self.purpose)).encode(), 0)
         self._fd = fd
         return self
 

@@ -168,8 +168,9 @@ def sweep_checkpoints(model_dir: str, max_age_seconds: float, grace_seconds: flo
 
     This run's own checkpoint is not touched here (``open_checkpoint`` resumes or replaces it).
     Each other checkpoint is judged only under its model directory's lock
-    (``ownership.ModelDirLock``, not waited for): a run that is fitting into that directory,
-    or about to resume its checkpoint, holds the lock, so its checkpoint is skipped.
+    (``ownership.ModelDirLock``, purpose "sweep": not waited for, and a fit starting meanwhile
+    waits the moment out instead of failing): a run that is fitting into that directory, or
+    about to resume its checkpoint, holds the lock, so its checkpoint is skipped.
     """
     import logging
     import time
@@ -193,7 +194,7 @@ def sweep_checkpoints(model_dir: str, max_age_seconds: float, grace_seconds: flo
         if not target or target == own or not os.path.isdir(path) or os.path.islink(path):
             continue
         try:
-            lock = ModelDirLock(os.path.join(parent, target)).acquire()
+            lock = ModelDirLock(os.path.join(parent, target), purpose="sweep").acquire()
         except RunConflictError:
             continue                                  # a live run is writing that model
         try:

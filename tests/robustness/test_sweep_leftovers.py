@@ -160,3 +160,50 @@ def test_a_checkpoint_whose_model_dir_is_locked_is_kept(tmp_path, tmpdir_for_pac
     # the live owner holding its lock: its checkpoint is kept too (and its lock stays)
     assert os.path.isdir(retry.made["checkpoint"])
     assert os.path.exists(models / ".other.lock")
+
+
+HOLD = r"""
+import sys, time
+from segmentation.ownership import ModelDirLock
+lock = ModelDirLock(sys.argv[1], purpose=sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+lock.release()
+"""
+
+
+def _holder(model_dir: str, purpose: str, seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLD, model_dir, purpose, repr(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_fit_waits_out_another_runs_sweep_but_not_another_fit(tmp_path):
+    """A sweep holds a model directory's lock for a moment (``sweep_checkpoints``): a fit
+    starting then waits for it; a sweep meeting a fit's (or a sweep's) lock gives up at once."""
+    from segmentation.ownership import RunConflictError
+
+    model_dir = str(tmp_path / "m")
+    sweep = _holder(model_dir, "sweep", 1.5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunConflictError):
+            ModelDirLock(model_dir, purpose="sweep").acquire()
+        assert time.monotonic() - t0 < 1.0
+        with ModelDirLock(model_dir):
+            waited = time.monotonic() - t0
+            assert sweep.poll() is not None or waited >= 1.0
+        assert waited >= 1.0
+    finally:
+        sweep.kill()
+        sweep.wait()
+    fit = _holder(model_dir, "fit", 60)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunConflictError, match=f"pid {fit.pid}"):
+            ModelDirLock(model_dir).acquire()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        fit.kill()
+        fit.wait()
