@@ -21,10 +21,11 @@ def config_for_model(model, model_dir: str, *, exposures: str | None = None, fmt
                      creative_col: str = "creative", response_col: str = "response",
                      folds: int = 5, seed: int = 0, value_per_response: float | None = None,
                      cost_per_contact: float | None = None, mlflow: dict | None = None,
-                     spark: dict | None = None) -> SegmentConfig:
+                     spark: dict | None = None, transport: dict | None = None) -> SegmentConfig:
     """A validated ``SegmentConfig`` for ``model`` (a ``SegmentationModel`` loaded from
     ``model_dir``): its data source unless ``exposures`` is given, its covariates, segments,
-    control and (lambda, alpha); ``targeting`` when a value or cost is given."""
+    control and (lambda, alpha); ``targeting`` when a value or cost is given; ``transport`` (the
+    config section of ``segment allocate``) when given."""
     from segmentation.data.encode import Encoding
 
     enc = Encoding.from_dict(model.encoding)
@@ -49,4 +50,25 @@ def config_for_model(model, model_dir: str, *, exposures: str | None = None, fmt
     if value_per_response is not None or cost_per_contact is not None:
         raw["targeting"] = {k: v for k, v in (("value_per_response", value_per_response),
                                               ("cost_per_contact", cost_per_contact)) if v is not None}
+    if transport is not None:
+        raw["transport"] = dict(transport)
+    return parse_config(raw)
+
+
+def config_for_values(values: str, treatments: list[str], *, user_col: str = "user_id",
+                      fmt: str | None = None, output_dir: str, transport: dict,
+                      mlflow: dict | None = None, spark: dict | None = None) -> SegmentConfig:
+    """A validated ``SegmentConfig`` for ``segment allocate`` on a user value table ``values``
+    (one numeric column per treatment, e.g. CATE estimates from any tool): no model, so the
+    required ``data``/``segments``/``output`` sections only name the table, its ``treatments``
+    and ``output_dir`` (where the allocation is written, ``transport.output_dir``)."""
+    raw = {   # data.covariates must not be empty; the value columns stand in (allocate reads none)
+        "data": {"exposures": values, "format": fmt, "user_col": user_col, "covariates": list(treatments)},
+        "segments": {"treatments": list(treatments)},
+        "output": {"model_dir": output_dir},
+        "mlflow": dict(mlflow or {}),
+        "spark": dict(spark or {}),
+        "transport": {**dict(transport), "values": values, "format": fmt, "user_col": user_col,
+                      "treatments": list(treatments), "output_dir": output_dir},
+    }
     return parse_config(raw)

@@ -16,6 +16,7 @@ from notebook_runner import NotebookRun, parse
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "..", "notebooks")
 QUICKSTART = os.path.join(NOTEBOOKS, "quickstart.py")
 EVALUATION = os.path.join(NOTEBOOKS, "evaluation.py")
+COARSE = os.path.join(NOTEBOOKS, "coarse_personalization.py")
 RUN_DATE = "2026-12-01"
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def mlflow_store(tmp_path, monkeypatch):
 
 def test_every_notebook_is_databricks_source_and_tested():
     found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(NOTEBOOKS, "*")))
-    assert found == ["evaluation.py", "quickstart.py"], found
+    assert found == ["coarse_personalization.py", "evaluation.py", "quickstart.py"], found
     for name in found:
         cells = parse(os.path.join(NOTEBOOKS, name))
         assert cells[0].kind == "md" and cells[1].kind == "python"
@@ -176,3 +177,101 @@ def test_quickstart_over_spark_connect(tmp_path, mlflow_store, monkeypatch):
             _check_quickstart(nb, remote, db, tmp_path)
     finally:
         srv.stop()
+
+
+def coarse_widgets(root, db: str) -> dict:
+    """The coarse-personalization notebook's widgets, cut to a quick run: 3,000 simulated users,
+    one single-lambda fit, S <= 3 with a control hold-out and a capped creative, 3 folds."""
+    return {"source": "simulate", "simulate_users": "3000", "model_dir": str(root / "coarse-model"),
+            "exposures_table": f"{db}.exposures", "allocation_table": f"{db}.allocation",
+            "max_share": "cr03=0.3", "run_date": RUN_DATE}
+
+
+def test_coarse_personalization_on_local_spark(spark, tmp_path, mlflow_store):
+    """Simulate, fit, allocate out of fold: the curve drawn, the offered treatments within their
+    limits, the held-out estimate with CIs, the assignment table one row per user equal to the
+    allocation's own Parquet."""
+    import mlflow
+    import pandas as pd
+    from chispa import assert_df_equality
+
+    db = "nb_coarse"
+    spark.sql(f"DROP SCHEMA IF EXISTS {db} CASCADE")
+    nb = NotebookRun(COARSE, spark, coarse_widgets(tmp_path, db)).run()
+    s, n = nb.scope, 3000
+    assert nb.dbutils.widgets.defaults["source"] == "model" and s["run_date"] == RUN_DATE
+    assert spark.table(f"{db}.exposures").select("user_id").distinct().count() == n
+    assert s["cfg"].transport.out_of_fold and s["cfg"].transport.min_share == {"ctrl": 0.1}
+    result = s["result"]
+    # the curve: drawn, S = 1..3, never losing value as S grows, at most full personalization
+    (fig,) = nb.shown("figure")
+    assert fig[1].axes[0].get_title().startswith("Coarse personalization") and fig[2][:4] == b"\x89PNG"
+    curve = s["curve"]
+    assert list(curve["S"]) == [1, 2, 3]
+    share = curve["share_of_full"].to_numpy()
+    assert np.all(np.diff(share) >= -1e-9) and 0 < share[-1] <= 1 + 1e-9
+    # the offered treatments: at most 3, the forced control among them, every limit kept
+    offered = s["offered"].set_index("treatment")
+    assert 1 <= len(offered) <= 3 and "ctrl" in offered.index
+    assert offered["users"].sum() == n and offered["within_limits"].all()
+    assert offered.loc["ctrl", "share"] >= 0.1
+    if "cr03" in offered.index:
+        assert offered.loc["cr03", "share"] <= 0.3 + 1e-12
+    assert set(offered.index) == set(result["plan"]["offered"])
+    # held out: the allocation and full personalization with CIs, the share recouped
+    heldout = s["heldout"].set_index("policy")
+    assert s["heldout"]["policy"].iloc[0] == "allocation"
+    for p in ("allocation", "full", "segment", "kmeans", "best_single", "random"):
+        lo, v, hi = heldout.loc[p, ["value_ci_low", "value", "value_ci_high"]]
+        assert lo < v < hi, (p, lo, v, hi)
+    assert heldout.loc["allocation", "value_ci_low"] > heldout.loc["random", "value"]
+    rec = s["recouped"]
+    assert len(rec) == 2 and rec["ci_low"].iloc[1] < rec["estimate"].iloc[1] < rec["ci_high"].iloc[1]
+    # outputs: the allocation directory, the MLflow run, the assignment table
+    out = tmp_path / "coarse-model" / "allocation"
+    assert (out / "allocation.json").exists() and (out / "allocation_curve.png").exists()
+    run = mlflow.MlflowClient().get_run(s["allocation"].mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["segmentation.kind"] == "allocate"
+    parts = [c.name for c in spark.catalog.listColumns(f"{db}.allocation") if c.isPartition]
+    assert parts == ["run_date"]
+    day = spark.table(f"{db}.allocation").where(f"run_date = DATE'{RUN_DATE}'").drop("run_date")
+    assert day.count() == n and day.select("user_id").distinct().count() == n
+    assert_df_equality(day, spark.read.parquet(str(out / "assignment")), ignore_row_order=True,
+                       ignore_column_order=True, ignore_nullable=True)
+    counts = nb.cells[-1].shown[0][1].set_index("treatment")["count"]
+    assert counts.to_dict() == offered["users"].to_dict()
+    # rerunning the write cell for the same date leaves one copy of that date
+    nb.run_cell(nb.cell_with("write_output(assignment"))
+    assert spark.table(f"{db}.allocation").count() == n
+    spark.sql(f"DROP SCHEMA IF EXISTS {db} CASCADE")
+
+
+def test_coarse_personalization_on_a_value_table(spark, tmp_path, mlflow_store):
+    """The same notebook on a value table (CATE estimates from any tool): no model, no held-out
+    estimate; the limits kept, the in-sample total equal to the chosen values summed, the
+    assignment written to a path partitioned by run date."""
+    import pandas as pd
+
+    db = "nb_coarse_values"
+    spark.sql(f"DROP SCHEMA IF EXISTS {db} CASCADE")
+    spark.sql(f"CREATE SCHEMA {db}")
+    rng = np.random.default_rng(0)
+    values = pd.DataFrame({"uid": np.arange(400), "a": rng.normal(1.0, 1, 400), "b": rng.normal(1.2, 1, 400),
+                           "c": rng.normal(0.8, 1, 400), "d": rng.normal(0.0, 0.1, 400)})
+    spark.createDataFrame(values).write.saveAsTable(f"{db}.values")
+    vt = NotebookRun(COARSE, spark, {"source": f"{db}.values", "user_col": "uid", "max_treatments": "2",
+                                     "min_share": "d=0.25", "max_share": "b=0.5",
+                                     "model_dir": str(tmp_path / "values"),
+                                     "allocation_table": str(tmp_path / "values-assignment"),
+                                     "run_date": RUN_DATE}).run()
+    o = vt.scope["offered"].set_index("treatment")
+    assert "d" in o.index and len(o) == 2 and o["within_limits"].all() and o["users"].sum() == 400
+    assert o.loc["d", "users"] >= 100
+    assert vt.scope["heldout"].empty and len(vt.scope["recouped"]) == 1
+    # the in-sample total equals the chosen treatments' values summed over users
+    got = pd.read_parquet(tmp_path / "values-assignment" / f"run_date={RUN_DATE}")
+    merged = got.merge(values, on="uid")
+    total = sum(merged.loc[merged["treatment"] == t, t].sum() for t in o.index)
+    assert total == pytest.approx(vt.scope["result"]["plan"]["total_value"], rel=1e-9)
+    assert len(got) == 400 and got["uid"].is_unique
+    spark.sql(f"DROP SCHEMA IF EXISTS {db} CASCADE")
