@@ -15,9 +15,16 @@ over-subscribed treatments and fall on under-subscribed ones.
 
 The prices are found by a box-step cutting-plane method on D (Kelley's model
 min_p max_j D(p_j) + g_j.(p - p_j) restricted to a box around the best point, a (K+1)-variable
-LP solved on the driver; the box doubles after a good step and halves after a poor one). Each
-iterate costs one pass over the users (``kernel.batch_rows``), which also returns, for a ladder
-of tolerances delta, the users grouped by candidate set A_i(delta) = {t : v_it - p_t >= max - delta}.
+LP solved on the driver). Several candidate price vectors are evaluated per pass over the users
+(one round): the master LP's solutions in boxes of 1/8, 1 and 8 times the current half-width,
+and a Newton point, the minimiser of the second-order model -counts.dp + dp'H dp/2 + c(p + dp)
+where H (the Laplacian of the users' density at the indifference boundaries between pairs of
+treatments) is read off the same pass's tie groups at delta = scale * 1e-2. Every point adds a
+cut; the best becomes the centre and its radius the box (doubled after a step that achieved half
+its predicted decrease, halved otherwise). The Newton point makes the rounds few on continuous
+values (the dual is nearly smooth there); the cutting planes keep convergence on ties. Each
+round costs one pass (``kernel.batch_rows`` per point), which also returns, for a ladder of
+tolerances delta, the users grouped by candidate set A_i(delta) = {t : v_it - p_t >= max - delta}.
 
 Primal recovery: for each delta, the transportation LP over the groups (y_gt = head count of
 group g sent to t in A_g, sum_t y_gt = m_g, L_t <= sum_g y_gt <= U_t, value sum y_gt mean_g(v_t))
@@ -216,83 +223,175 @@ def best_plan(stats: PriceStats, p: np.ndarray, deltas: np.ndarray, caps: Capaci
     return best
 
 
+def boundary_density(stats: PriceStats, deltas: np.ndarray, K: int, scale: float) -> np.ndarray | None:
+    """The Hessian of the users' part of D, estimated from one pass: H = Laplacian of rho, where
+    rho_st is the number of users within delta of indifference between s and t (their two best,
+    or within a larger tie set) per unit of delta, at the ladder level delta = scale * 1e-2.
+    For a continuous distribution of values, d counts_t / d p_s = rho_st (s != t) as delta -> 0:
+    the second derivative of sum_i max_t (v_it - p_t), whose subgradient is -counts."""
+    level = int(np.argmin(np.abs(deltas - 1e-2 * scale)))
+    delta = float(deltas[level])
+    if delta <= 0:
+        return None
+    H = np.zeros((K, K))
+    for (lv, mask), vec in stats.groups.items():
+        if lv != level or not mask & (mask - 1):
+            continue
+        ts = [t for t in range(K) if mask >> t & 1]
+        w = vec[0] / delta / (len(ts) - 1)
+        for a_ in ts:
+            for b_ in ts:
+                if a_ != b_:
+                    H[a_, b_] -= w
+                    H[a_, a_] += w
+    return H if np.any(H) else None
+
+
+def newton_point(p: np.ndarray, counts: np.ndarray, H: np.ndarray, caps: Capacities, radius: float) -> np.ndarray:
+    """argmin over x of the second-order model of D at p, ``-counts.(x - p) + (x - p)'H(x - p)/2 +
+    c(x)``, with x - p in the box of half-width ``radius`` (x = a - b, a, b >= 0 makes c linear;
+    L-BFGS-B with bounds). A candidate price vector only: the cutting planes keep convergence."""
+    from scipy.optimize import minimize
+
+    K = len(p)
+    Hr = H + 1e-9 * max(float(np.trace(H)), 1.0) / K * np.eye(K)
+    U, L = caps.upper.astype(np.float64), caps.lower.astype(np.float64)
+
+    def f(z):
+        x = z[:K] - z[K:]
+        d = x - p
+        Hd = Hr @ d
+        val = -counts @ d + 0.5 * d @ Hd + U @ z[:K] - L @ z[K:]
+        gx = -counts + Hd
+        return val, np.concatenate([gx + U, -gx - L])
+
+    lo, hi = p - radius, p + radius
+    z0 = np.concatenate([np.maximum(p, 0), np.maximum(-p, 0)])
+    bounds = [(max(0.0, l_), max(0.0, h_)) for l_, h_ in zip(lo, hi)] + \
+             [(max(0.0, -h_), max(0.0, -l_)) for l_, h_ in zip(lo, hi)]
+    res = minimize(f, z0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
+    x = res.x[:K] - res.x[K:]
+    return np.clip(x, lo, hi)
+
+
+RADII = (0.125, 1.0, 8.0)    # trust radii tried in one pass, as multiples of the current box
+NEWTON = True               # also evaluate the Newton point of each round (dual_iterations)
+
+
 def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int, caps: Capacities,
                scale: float, tol: float = 1e-9, max_iter: int = 500, p0: np.ndarray | None = None) -> DualResult:
     """Minimise D(p) by box-step cutting planes; ``evaluate(p, deltas)`` is one pass over the users.
 
-    ``scale`` is the spread of the values (max - min): it sets the price box and the tolerance
-    ladder. Stops when (D(p_best) - certified primal) <= tol * max(|D|, 1e-12 * scale * n).
+    If ``evaluate`` has a ``many(points, deltas)`` attribute, the price vectors of one round go to
+    it together (one pass); otherwise each is evaluated on its own. ``scale`` is the spread of the
+    values (max - min): it sets the price box and the tolerance ladder. Stops when
+    (D(p_best) - certified primal) <= tol * max(|D|, 1e-12 * scale * n).
     """
+    many = getattr(evaluate, "many", None) or (lambda pts, d: [evaluate(p, d) for p in pts])
     steps = dual_iterations(K, caps, scale, tol=tol, max_iter=max_iter, p0=p0)
     request = next(steps)
     while True:
         try:
-            request = steps.send(evaluate(*request))
+            request = steps.send(many([p for p, _ in request], request[0][1]))
         except StopIteration as stop:
             return stop.value
 
 
 def dual_iterations(K: int, caps: Capacities, scale: float, tol: float = 1e-9, max_iter: int = 500,
-                    p0: np.ndarray | None = None):
-    """``solve_dual`` as a generator: yields ``(p, deltas)``, is sent the ``PriceStats`` of that
-    pass, returns the ``DualResult``. Lets one pass over the users serve many dual solves
-    (``transport.search`` runs many in lockstep)."""
+                    p0: np.ndarray | None = None, box0: float | None = None, radii=None,
+                    newton: bool | None = None):
+    """``solve_dual`` as a generator: yields a list of ``(p, deltas)`` (the price vectors of one
+    round, evaluated in one pass), is sent their ``PriceStats`` (a list, same order), returns
+    the ``DualResult``. Lets one pass over the users serve many dual solves (``transport.search``
+    runs many in lockstep).
+
+    A round: the first evaluates p0 alone; later ones solve the cutting-plane master LP in boxes
+    of half-width ``box * r`` around the best point for every r in ``radii`` and evaluate the
+    distinct solutions together (several candidate price vectors per pass). Every evaluated point
+    adds its cut; the best one becomes the centre if it lowers D, and the box becomes the radius
+    that produced it, doubled if the step achieved at least half the decrease its model predicted,
+    halved otherwise (halved also when no point improves). ``iterations`` counts rounds (passes).
+    """
+    radii = RADII if radii is None else radii
+    newton = NEWTON if newton is None else newton
     scale = float(scale) if scale > 0 else 1.0
     deltas = delta_ladder(scale)
     R = 2.0 * scale + 1.0
-    p = np.zeros(K) if p0 is None else np.asarray(p0, dtype=np.float64).copy()
+    tiny = 1e-15 * scale
+    p_first = np.zeros(K) if p0 is None else np.asarray(p0, dtype=np.float64).copy()
     cuts_g, cuts_b = [], []
     center, d_center = None, math.inf
-    box = scale / 2.0
+    center_stats = None
+    box = scale / 2.0 if box0 is None else float(box0)
     best_plan_ = None
     history = []
-    predicted = None
+    points = [(p_first, None, None)]         # (price vector, box that produced it, predicted decrease)
     it = 0
     converged = False
+    n = 0
+    denom = 1.0
     for it in range(1, max_iter + 1):
-        st = yield (p.copy(), deltas)
-        n = st.n
-        D = st.smax + capacity_term(p, caps)
-        g = subgradient(p, st.counts, caps)
-        cuts_g.append(g)
-        cuts_b.append(g @ p - D)            # z >= D + g.(q - p)  <=>  g.q - z <= g.p - D
-        plan = best_plan(st, p, deltas, caps, K,
-                         floor=best_plan_.certified if best_plan_ is not None else -math.inf,
-                         ceiling=min(D, d_center))
-        if plan is not None and (best_plan_ is None or plan.certified > best_plan_.certified):
-            best_plan_ = plan
+        stats = yield [(q.copy(), deltas) for q, _, _ in points]
+        evals = []
+        for (q, radius, predicted), st in zip(points, stats):
+            n = st.n
+            D = st.smax + capacity_term(q, caps)
+            g = subgradient(q, st.counts, caps)
+            cuts_g.append(g)
+            cuts_b.append(g @ q - D)            # z >= D + g.(x - q)  <=>  g.x - z <= g.q - D
+            plan = best_plan(st, q, deltas, caps, K,
+                             floor=best_plan_.certified if best_plan_ is not None else -math.inf,
+                             ceiling=min(D, d_center))
+            if plan is not None and (best_plan_ is None or plan.certified > best_plan_.certified):
+                best_plan_ = plan
+            evals.append((D, q, radius, predicted, st))
+        D, q, radius, predicted, st = min(evals, key=lambda e: e[0])
         if D < d_center:
-            actual = d_center - D
-            if predicted is not None and actual < 0.5 * predicted:
-                box = max(box / 2.0, 1e-15 * scale)
-            elif predicted is not None:
-                box = min(box * 2.0, R)
-            center, d_center = p.copy(), D
-        elif predicted is not None:
-            box = max(box / 2.0, 1e-15 * scale)
+            center_stats = st
+            if radius is not None:
+                box = radius
+                box = max(box / 2.0, tiny) if d_center - D < 0.5 * predicted else min(box * 2.0, R)
+            center, d_center = q.copy(), D
+        elif radius is not None:
+            box = max(box / 2.0, tiny)
         gap = d_center - (best_plan_.certified if best_plan_ is not None else -math.inf)
         denom = max(abs(d_center), 1e-12 * scale * max(n, 1))
-        history.append({"iteration": it, "dual": D, "best_dual": d_center,
+        history.append({"iteration": it, "dual": D, "best_dual": d_center, "points": len(points),
                         "primal_bound": None if best_plan_ is None else best_plan_.certified,
                         "gap": gap, "box": box})
         log.debug("transport iter %d: D=%.12g best=%.12g gap=%.3g box=%.3g", it, D, d_center, gap, box)
         if gap <= tol * denom:
             converged = True
             break
-        lo = np.maximum(center - box, -R)
-        hi = np.minimum(center + box, R)
+        A = np.hstack([np.array(cuts_g), -np.ones((len(cuts_g), 1))])
         c = np.zeros(K + 1)
         c[-1] = 1.0
-        A = np.hstack([np.array(cuts_g), -np.ones((len(cuts_g), 1))])
-        res = linprog(c, A_ub=A, b_ub=np.array(cuts_b), bounds=list(zip(lo, hi)) + [(None, None)],
-                      method="highs")
-        if res.status != 0:
-            raise RuntimeError(f"cutting-plane master LP failed: {res.message}")
-        p = res.x[:K]
-        predicted = d_center - res.x[K]
-        if predicted <= 1e-15 * denom and box >= R:
-            # the model certifies the centre optimal on the whole price box; nothing left to gain
-            p = center.copy()
+        points, seen = [], []
+        for r in sorted({min(max(box * f, tiny), R) for f in radii}):
+            lo = np.maximum(center - r, -R)
+            hi = np.minimum(center + r, R)
+            res = linprog(c, A_ub=A, b_ub=np.array(cuts_b), bounds=list(zip(lo, hi)) + [(None, None)],
+                          method="highs")
+            if res.status != 0:
+                raise RuntimeError(f"cutting-plane master LP failed: {res.message}")
+            q = res.x[:K]
+            predicted = d_center - res.x[K]
+            if predicted <= 1e-15 * denom and r >= R:
+                # the model certifies the centre optimal on the whole price box; nothing left to gain
+                q = center.copy()
+            if any(np.array_equal(q, s_) for s_ in seen):
+                continue
+            seen.append(q)
+            points.append((q, r, predicted))
+        if newton:
+            H = boundary_density(center_stats, deltas, K, scale)
+            if H is not None:
+                r = min(max(box * max(radii), tiny), R)
+                q = newton_point(center, center_stats.counts.astype(np.float64), H, caps, r)
+                if not any(np.allclose(q, s_, rtol=0, atol=tiny) for s_ in seen):
+                    step = float(np.max(np.abs(q - center)))
+                    model = float(np.max(A[:, :K] @ q - np.array(cuts_b)))     # the cutting-plane model at q
+                    points.append((q, max(step, tiny), d_center - model))
     if best_plan_ is None:
         raise RuntimeError("no feasible split of the tied users was found (capacities infeasible?)")
     if not converged:

@@ -1,7 +1,8 @@
 """The dual assignment over a Spark DataFrame: one row per user, one value column per treatment.
 
 Same algorithm as ``dual.solve_numpy`` (the driver code is shared: ``dual.solve_dual``); only the
-pass over the users differs. Each price update is one ``mapInArrow`` job running
+pass over the users differs. Each round of price updates (the
+several candidate price vectors of ``dual.dual_iterations``) is one ``mapInArrow`` job running
 ``kernel.batch_rows`` on every Arrow batch and a ``collect()`` of the per-batch rows (a few
 rows per candidate-set group), summed on the driver: the driver holds the K prices and the
 group sums, never a per-user array. Sums are over batches, so results agree with numpy up to
@@ -58,7 +59,8 @@ def _values(batch, k: int) -> np.ndarray:
 
 
 def spark_evaluator(df, columns: list[str], persist: bool = True):
-    """``evaluate(p, deltas) -> PriceStats``: one Spark job per call.
+    """``evaluate(p, deltas) -> PriceStats``: one Spark job per call; ``evaluate.many(points,
+    deltas)`` evaluates several price vectors in one job (what ``solve_dual`` uses).
 
     With ``persist`` the value columns are persisted (Spark's default storage level) for the
     iterations; the caller unpersists ``evaluate.frame`` when done.
@@ -70,21 +72,32 @@ def spark_evaluator(df, columns: list[str], persist: bool = True):
     if persist:
         values = values.persist()
 
-    def evaluate(p: np.ndarray, deltas: np.ndarray) -> PriceStats:
-        p_, d_ = np.asarray(p, dtype=np.float64).copy(), np.asarray(deltas, dtype=np.float64).copy()
+    schema = pa.schema([("point", pa.int32()), ("level", pa.int32()), ("mask", pa.int64()),
+                        ("vec", pa.list_(pa.float64()))])
+
+    def many(points, deltas) -> list[PriceStats]:
+        """The PriceStats of every price vector of ``points``, in one job."""
+        ps = [np.asarray(p, dtype=np.float64).copy() for p in points]
+        d_ = np.asarray(deltas, dtype=np.float64).copy()
 
         def fn(batches):
             for batch in batches:
-                rows = batch_rows(_values(batch, K), p_, d_)
+                V = _values(batch, K)
+                rows = [(j, *r) for j, p_ in enumerate(ps) for r in batch_rows(V, p_, d_)]
                 yield pa.RecordBatch.from_pydict(
-                    {"level": [r[0] for r in rows], "mask": [r[1] for r in rows],
-                     "vec": [r[2].tolist() for r in rows]},
-                    schema=pa.schema([("level", pa.int32()), ("mask", pa.int64()),
-                                      ("vec", pa.list_(pa.float64()))]))
+                    {"point": [r[0] for r in rows], "level": [r[1] for r in rows], "mask": [r[2] for r in rows],
+                     "vec": [r[3].tolist() for r in rows]}, schema=schema)
 
-        rows = values.mapInArrow(fn, ROW_SCHEMA).collect()
-        return merge_rows([(r["level"], r["mask"], r["vec"]) for r in rows], K)
+        rows = values.mapInArrow(fn, "point int, " + ROW_SCHEMA).collect()
+        by = [[] for _ in ps]
+        for r in rows:
+            by[r["point"]].append((r["level"], r["mask"], r["vec"]))
+        return [merge_rows(b, K) for b in by]
 
+    def evaluate(p: np.ndarray, deltas: np.ndarray) -> PriceStats:
+        return many([p], deltas)[0]
+
+    evaluate.many = many
     evaluate.frame = values
     return evaluate
 
