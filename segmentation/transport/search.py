@@ -27,11 +27,15 @@ Per S, the search (Zhang and Misra's alternation, made capacity-aware):
    feasible for A' = sigma(A) and worth sum_k W_k,sigma(k) >= sum_k W_kk = G(A) (the identity is
    one of the maps), so G(A') >= G(A): the objective never decreases (up to the dual
    tolerance). It is also *enforced*: A' is kept only if its solved value beats A's by more than
-   the tolerance; otherwise the alternation has converged.
+   the tolerance.
 3. **Swap refinement.** Neighbours A - a + b (a not forced) that can meet the limits are ranked by
-   F (one pass for all), the best ``swap_candidates`` are solved under capacities (in lockstep),
-   and the best is taken if it beats A by more than the tolerance, then back to 2. Stops when
-   neither step improves (or after ``max_rounds``).
+   F, and the best ``swap_candidates`` are candidates too.
+
+   Steps 2 and 3 share passes: one pass returns the segment sums and F of every neighbour, then
+   the Lloyd set and the swap candidates are solved under capacities together (in lockstep), and
+   the best of them is taken if it beats A by more than the tolerance (a Lloyd step or a swap);
+   stop when none does (or after ``max_rounds``). Each round is thus one pass plus the longest
+   of its dual solves, not the Lloyd solve followed by the swap solves.
 
 Every search (one per S, for the value-vs-S curve) is a generator that yields lists of requests
 (``Solve``, ``Sums``, ``Sets``); ``run_searches`` advances all of them together so one pass over
@@ -53,6 +57,8 @@ from segmentation.transport.dual import DualResult, dual_iterations
 from segmentation.transport.passes import DualTask, SetTask, SumsTask
 
 log = logging.getLogger(__name__)
+
+WARM_BOX = 1.0 / 64      # initial half-width of the price box of a warm-started dual solve, x value spread
 
 
 @dataclass
@@ -229,39 +235,39 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
     seen = {A}
     for _ in range(max_rounds):
         thr = rel_tol * max(abs(cur), 1e-300)
-        # Lloyd step: reassign segments to treatments given the current assignment
-        groups = (yield [Sums(A, r.plan.prices, r.plan.delta)])[0]
-        mass, W = segment_values(A, r, groups, n_T)
-        new, mapping, est, ident = lloyd_choice(A, mass, W, limits)
-        if new != A and est > ident + thr and new not in seen:
-            r2 = (yield [Solve(new, limits.caps(new), _warm(r.plan.prices, A, new, mapping))])[0]
-            method["sets_solved"] += 1
-            seen.add(new)
-            v2 = set_value(r2)
-            if v2 > cur + thr:
-                A, r, cur = new, r2, v2
-                method["lloyd_steps"] += 1
-                method["objective"].append(cur)
-                continue
-            method["lloyd_rejected"] = method.get("lloyd_rejected", 0) + 1
-        # swap refinement
+        # one pass: the segment sums of the Lloyd step and F of every swap neighbour
         swaps = [(a, b) for a in A if a not in forced for b in free if b not in A]
         cand = [(a, b, tuple(sorted([b if x == a else x for x in A]))) for a, b in swaps]
         cand = [c for c in cand if c[2] not in seen and limits.caps(c[2]) is not None]
-        if not cand:
+        asked = [Sums(A, r.plan.prices, r.plan.delta)] + ([Sets([c[2] for c in cand])] if cand else [])
+        got = yield asked
+        groups = got[0]
+        mass, W = segment_values(A, r, groups, n_T)
+        new, mapping, est, ident = lloyd_choice(A, mass, W, limits)
+        solves, kinds = [], []
+        if new != A and est > ident + thr and new not in seen:
+            solves.append(Solve(new, limits.caps(new), _warm(r.plan.prices, A, new, mapping)))
+            kinds.append("lloyd")
+        if cand:
+            fv = got[1]
+            method["set_values"] += len(cand)
+            order = np.argsort(-fv, kind="stable")
+            top = [cand[j] for j in order[:swap_candidates or len(cand)] if cand[j][2] != new or not kinds]
+            solves += [Solve(c[2], limits.caps(c[2]), _warm(r.plan.prices, A, c[2], {c[1]: c[0]})) for c in top]
+            kinds += ["swap"] * len(top)
+        if not solves:
             break
-        fv = (yield [Sets([c[2] for c in cand])])[0]
-        method["set_values"] += len(cand)
-        order = np.argsort(-fv, kind="stable")
-        top = [cand[j] for j in order[:swap_candidates or len(cand)]]
-        rs = yield [Solve(c[2], limits.caps(c[2]), _warm(r.plan.prices, A, c[2], {c[1]: c[0]})) for c in top]
-        method["sets_solved"] += len(top)
-        seen.update(c[2] for c in top)
+        # the Lloyd candidate and the best swap neighbours are solved together (in lockstep)
+        rs = yield solves
+        method["sets_solved"] += len(solves)
+        seen.update(q.cols for q in solves)
         vals = [set_value(x) for x in rs]
         j = int(np.argmax(vals))
+        if kinds[0] == "lloyd" and vals[0] <= cur + thr:
+            method["lloyd_rejected"] = method.get("lloyd_rejected", 0) + 1
         if vals[j] > cur + thr:
-            A, r, cur = top[j][2], rs[j], vals[j]
-            method["swaps"] += 1
+            A, r, cur = tuple(solves[j].cols), rs[j], vals[j]
+            method["lloyd_steps" if kinds[j] == "lloyd" else "swaps"] += 1
             method["objective"].append(cur)
             continue
         break
@@ -288,7 +294,8 @@ def run_searches(searches: list, run: Callable, scale: float, tol: float, max_it
         entries = []
         for q in reqs:
             if isinstance(q, Solve):
-                g = dual_iterations(len(q.cols), q.caps, scale, tol=tol, max_iter=max_iter, p0=q.p0)
+                g = dual_iterations(len(q.cols), q.caps, scale, tol=tol, max_iter=max_iter, p0=q.p0,
+                                    box0=None if q.p0 is None else WARM_BOX * scale)
                 entries.append([q, g, next(g), None, False])
             else:
                 entries.append([q, None, None, None, False])
@@ -306,22 +313,27 @@ def run_searches(searches: list, run: Callable, scale: float, tol: float, max_it
                 if e[4]:
                     continue
                 q = e[0]
-                if isinstance(q, Solve):
-                    tasks.append(DualTask(tuple(q.cols), *e[2]))
-                elif isinstance(q, Sums):
+                if isinstance(q, Solve):          # the price vectors of one round of the dual
+                    tasks.extend(DualTask(tuple(q.cols), p, d) for p, d in e[2])
+                    where.append((e, len(e[2])))
+                    continue
+                if isinstance(q, Sums):
                     tasks.append(SumsTask(tuple(q.cols), np.asarray(q.p, dtype=np.float64), float(q.delta)))
                 else:
                     tasks.append(SetTask(tuple(tuple(s) for s in q.sets)))
-                where.append(e)
+                where.append((e, None))
         results = run(tasks)
         passes += 1
         if passes % 10 == 0:
             log.info("transport search: %d passes, %d tasks in the last (%d dual)", passes, len(tasks),
                      sum(isinstance(t, DualTask) for t in tasks))
-        for e, res in zip(where, results):
-            if e[1] is None:
-                e[3], e[4] = res, True
+        k = 0
+        for e, width in where:
+            if width is None:
+                e[3], e[4] = results[k], True
+                k += 1
                 continue
+            res, k = results[k:k + width], k + width
             try:
                 e[2] = e[1].send(res)
             except StopIteration as stop:
