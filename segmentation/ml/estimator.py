@@ -51,7 +51,7 @@ class FusedSegmentation(Estimator, FusedSegmentationParams, MLReadable, MLWritab
     @keyword_only
     def __init__(self, *, userCol="user_id", creativeCol="creative", labelCol="response",
                  covariateCols=None, categoricalCols=None, segments=None, creativeSegmentCol=None,
-                 control=None, regParam=None, alpha=None, standardize=True, tol=1e-6, maxIter=50,
+                 control=None, dataSource=None, regParam=None, alpha=None, standardize=True, tol=1e-6, maxIter=50,
                  nLambda=20, lambdaMinRatio=0.01, curvature="auto", adaptive=False,
                  adaptivePower=1.0, cvFolds=5, seed=0, rule="1se", relax=True, store="auto",
                  blockDir=None, mlflowTracking=False, mlflowExperiment="creative-segmentation",

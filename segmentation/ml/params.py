@@ -76,6 +76,9 @@ PARAMS: dict[str, tuple[str | None, Any, Any, str]] = {
                            "of segments); one segment per creative"),
     "control": ("control", None, _optional_string,
                 "control creative: its own free segment, never assigned"),
+    "dataSource": ("data.exposures", None, _optional_string,
+                   "the table name or path the DataFrame was read from, recorded in model.json "
+                   "and the MLflow run (segment evaluate reads it); None: '<DataFrame>'"),
     "store": ("data.store", "auto", T.toString,
               "where the numeric blocks live between passes: auto, spark or files"),
     "blockDir": ("data.block_dir", None, _optional_string,

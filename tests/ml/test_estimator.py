@@ -69,8 +69,8 @@ def fitted(campaign, exposures):
 
 def test_fit_is_the_cli_fit(cli_single, fitted):
     want, got = cli_single["model"].to_dict(), fitted.segmentationModel.to_dict()
-    for d in (want, got):
-        d["data"].pop("source")
+    assert got["data"].pop("source") == "<DataFrame>"       # no dataSource Param given
+    want["data"].pop("source")
     assert got == want                       # the same code on the same rows: the same numbers
     assert fitted.regParam_ == 0.01 and fitted.alpha_ == 0.1 and fitted.cvTable is None
     coef = fitted.coefficients
@@ -138,6 +138,11 @@ def test_estimator_save_load_keeps_params(tmp_path, campaign):
 
 
 def test_params_have_docs_defaults_and_the_cli_config(campaign):
+    import inspect
+
+    from segmentation.ml.params import PARAMS
+
+    assert set(inspect.signature(FusedSegmentation.__init__).parameters) - {"self"} == set(PARAMS)
     est = FusedSegmentation()
     for p in est.params:
         assert p.doc and est.hasDefault(p), p.name
@@ -190,6 +195,7 @@ def cv_fit(campaign, exposures):
     uri = f"sqlite:///{campaign['root'] / 'mlflow.db'}"
     est = estimator(campaign, alpha=[0.1], nLambda=3, lambdaMinRatio=0.1, cvFolds=2,
                     mlflowTracking=True, mlflowTrackingUri=uri, mlflowExperiment="ml-estimator",
+                    dataSource=campaign["exposures"],
                     modelDir=str(campaign["root"] / "cv-model"))
     return est.fit(exposures), uri
 
@@ -209,7 +215,8 @@ def test_cross_validated_fit_tracked_in_mlflow(spark, campaign, cv_fit, exposure
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(m.selection["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["model.n_lambda"] == "3" and run.data.tags["segmentation.data_path"] == "<DataFrame>"
+    assert run.data.params["model.n_lambda"] == "3"
+    assert run.data.tags["segmentation.data_path"] == m.data["source"] == campaign["exposures"]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(children) == len(table.drop_duplicates(["alpha", "lambda"]))
     # save/load keeps the CV table
