@@ -42,11 +42,11 @@ dbutils.widgets.text("mlflow_experiment", "", "MLflow experiment (empty: default
 import datetime
 import os
 
-from segmentation.config import parse_config
 from segmentation.data.read import read_exposures, read_segment_mapping
 from segmentation.data.write import write_output
+from segmentation.ml import FusedSegmentation
 from segmentation.spark_session import is_connect
-from segmentation.workflow import run_assign, run_fit
+from segmentation.workflow import run_assign
 
 w = {name: dbutils.widgets.get(name).strip() for name in (
     "source", "exposures_table", "users", "segments", "control", "user_col", "creative_col",
@@ -90,24 +90,24 @@ display(exposures.limit(10))
 
 # MAGIC %md
 # MAGIC ## 2. Fit with cross-validation
-# MAGIC The same keys as `conf/example.yaml`. A list of alphas and no lambda runs the cross-validated
-# MAGIC path (`folds` user folds, the one-standard-error rule), with relaxed refits.
+# MAGIC `FusedSegmentation` is a pyspark.ml Estimator whose Params are the keys of `conf/example.yaml`
+# MAGIC (`segment fit` runs the same code). A list of alphas and no `regParam` (lambda) runs the
+# MAGIC cross-validated path (`folds` user folds, the one-standard-error rule), with relaxed refits;
+# MAGIC `modelDir` also publishes the model directory `segment assign` and the evaluation read.
 
 # COMMAND ----------
 
 split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
-cfg = parse_config({
-    "data": {"exposures": source, "user_col": w["user_col"], "creative_col": w["creative_col"],
-             "response_col": w["response_col"], "covariates": split(w["covariates"]),
-             "categorical": split(w["categorical"])},
-    "segments": segments,
-    "control": control,
-    "model": {"alpha": [float(a) for a in split(w["alphas"])], "n_lambda": int(w["n_lambda"])},
-    "cv": {"folds": int(w["folds"]), "seed": 0, "rule": "1se"},
-    "output": {"model_dir": w["model_dir"]},
-    "mlflow": {"experiment": experiment, "tags": {"notebook.run_date": run_date}},
-})
-model = run_fit(cfg, spark)
+estimator = FusedSegmentation(
+    userCol=w["user_col"], creativeCol=w["creative_col"], labelCol=w["response_col"],
+    covariateCols=split(w["covariates"]), categoricalCols=split(w["categorical"]),
+    segments=segments, control=control, dataSource=source,
+    alpha=[float(a) for a in split(w["alphas"])], nLambda=int(w["n_lambda"]),
+    cvFolds=int(w["folds"]), seed=0, rule="1se", modelDir=w["model_dir"],
+    mlflowTracking=True, mlflowExperiment=experiment, mlflowTags={"notebook.run_date": run_date})
+cfg = estimator.toConfig()                     # the equivalent segment fit config
+fitted = estimator.fit(exposures)              # a FusedSegmentationModel (pyspark.ml Transformer)
+model = fitted.segmentationModel
 run_id = model.fit.get("mlflow_run_id")
 print(f"MLflow run {run_id}" + (f" at {model.selection.get('mlflow_tracking_uri')}" if model.selection else ""))
 
@@ -121,13 +121,9 @@ print(f"MLflow run {run_id}" + (f" at {model.selection.get('mlflow_tracking_uri'
 
 # COMMAND ----------
 
-import pandas as pd
-
-from segmentation.model_tables import creative_summary, segment_summary
 from segmentation.tracking import plots
 
-cv_table = pd.read_csv(os.path.join(w["model_dir"], "cv_table.csv"))
-display(plots.cv_curve_figure(cv_table, chosen=(model.lam, model.alpha, model.relax), rule=cfg.cv.rule))
+display(plots.cv_curve_figure(fitted.cvTable, chosen=(model.lam, model.alpha, model.relax), rule=cfg.cv.rule))
 
 # COMMAND ----------
 
@@ -139,9 +135,9 @@ display(plots.gamma_heatmap_figure(model))
 
 # COMMAND ----------
 
-summary = segment_summary(model)
+summary = fitted.segmentSummary()
 display(summary)
-display(creative_summary(model))
+display(fitted.creativeSummary())
 
 # COMMAND ----------
 
