@@ -138,3 +138,36 @@ def test_level_pruning_keeps_the_best_certificate(seed, decimals):
         assert plan.certified == pytest.approx(max(certs), rel=1e-12, abs=1e-9)
         skipped += len(deltas) - len(solved)
     assert skipped > 0                                   # the pruning does prune
+
+
+@pytest.mark.parametrize("seed,decimals", [(0, None), (3, 2)])
+def test_several_points_per_pass_reach_the_same_optimum_in_fewer_passes(seed, decimals):
+    """The default round (three master-LP points and a Newton point per pass) against one
+    cutting-plane point per pass: same optimum (HiGHS), fewer passes over the users."""
+    import segmentation.transport.dual as dual
+
+    V = values(seed, decimals=decimals)
+    caps = capacities(T5, len(V), {"t4": 0.1, "t3": 0.15}, {"t0": 0.3, "t1": 0.25})
+    ref = exact_lp(V, caps)
+    scale = float(V.max() - V.min())
+
+    def solve(**kw):
+        """Drive dual_iterations; returns (result, passes, price vectors evaluated)."""
+        steps = dual.dual_iterations(5, caps, scale, **kw)
+        req, passes, points = next(steps), 0, 0
+        while True:
+            passes, points = passes + 1, points + len(req)
+            try:
+                req = steps.send([dual.merge_rows(dual.batch_rows(V, p, d), 5) for p, d in req])
+            except StopIteration as stop:
+                return stop.value, passes, points
+
+    multi, n_multi, pts_multi = solve()
+    single, n_single, pts_single = solve(radii=(1.0,), newton=False)
+    assert pts_single == n_single and pts_multi > n_multi           # one point per pass / several
+    assert multi.converged and single.converged
+    assert multi.iterations == n_multi and single.iterations == n_single
+    for r in (multi, single):
+        assert r.dual - r.gap_bound == pytest.approx(ref, rel=1e-9)
+        assert r.gap_bound <= 1e-9 * abs(ref)
+    assert n_multi < n_single
