@@ -92,11 +92,35 @@ def assign_segments(df, model: SegmentationModel, user_col: str, keep: list[str]
               .select(col_ref(user_col), *carried, SEGMENT_COL, *score_cols))
 
 
-def segment_shares(df, model: SegmentationModel, user_col: str) -> dict[str, float]:
-    """Share of distinct users assigned to each segment (first row of each user is scored)."""
+def one_row_per_user(df, user_col: str, columns) -> "DataFrame":
+    """``user_col`` and ``columns``, one row per user: of a user's rows, the one whose
+    (columns...) tuple is smallest in Spark's ordering (nulls first, NaN last).
+
+    ``dropDuplicates([user_col])`` keeps whichever row reaches the aggregation first, which
+    depends on how the input is partitioned; this choice depends on the values only, so a
+    user whose rows disagree (covariates logged per exposure) is scored the same however the
+    data is split. One aggregation (a shuffle), as ``dropDuplicates``."""
     from pyspark.sql import functions as F
 
-    users = df.dropDuplicates([user_col])
+    cols = [c for c in dict.fromkeys(columns) if c != user_col]
+    user = col_ref(user_col).alias("_u")
+    if not cols:
+        return df.select(user).distinct().select(F.col("_u").alias(user_col))
+    packed = F.struct(*[col_ref(c).alias(f"_c{i}") for i, c in enumerate(cols)])
+    return (df.groupBy(user).agg(F.min(packed).alias("_r"))
+              .select(F.col("_u").alias(user_col),
+                      *[F.col(f"_r._c{i}").alias(c) for i, c in enumerate(cols)]))
+
+
+def segment_shares(df, model: SegmentationModel, user_col: str) -> dict[str, float]:
+    """Share of distinct users assigned to each segment; a user with several rows is scored on
+    one of them chosen by value (``one_row_per_user``), so the shares do not depend on how
+    ``df`` is partitioned."""
+    from pyspark.sql import functions as F
+
+    check_columns(df, model, user_col)
+    enc = Encoding.from_dict(model.encoding)
+    users = one_row_per_user(df, user_col, [*enc.numeric, *enc.categorical])
     counts = {r[SEGMENT_COL]: r["n"] for r in
               assign_segments(users, model, user_col).groupBy(SEGMENT_COL).agg(F.count("*").alias("n")).collect()}
     total = sum(counts.values()) or 1
