@@ -108,9 +108,25 @@ def _mlflow_default() -> str:
     return mlflow.get_tracking_uri()
 
 
+SUPPRESS_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def quiet_run_urls(environ=None) -> str:
+    """Stop MLflow printing "View run ... at: <url>" to stdout whenever a run ends on a tracking
+    server (scheduler logs and job stdout stay ours; the URI is logged instead): sets
+    ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`` unless the user set it. Returns its value."""
+    environ = os.environ if environ is None else environ
+    if not environ.get(SUPPRESS_URLS):
+        environ[SUPPRESS_URLS] = "true"
+    return environ[SUPPRESS_URLS]
+
+
 def resolve_tracking(configured: Optional[str] = None, *, quiet: bool = False) -> TrackingTarget:
     """Resolve the tracking URI for this process (config value, then environment, then the
-    platform's default, then the local store) and log which one was used and why."""
+    platform's default, then the local store) and log which one was used and why. Every verb
+    that logs comes through here first, so this is also where MLflow's run-URL printing is
+    turned off (``quiet_run_urls``)."""
+    quiet_run_urls()
     target = decide(configured, os.environ, os.getcwd(), _mlflow_default)
     if not quiet:
         log.info("MLflow tracking URI %s (%s)", target.uri, target.reason)

@@ -62,7 +62,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path, monkeypatch):
+def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path, monkeypatch, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -70,9 +70,11 @@ def test_fit_logs_everything_to_the_server(spark, campaign, server, tmp_path, mo
 
     model_dir = str(tmp_path / "model")
     cfg = parse_config(_raw(campaign, model_dir, server.url, register_model_name="segmentation-srv"))
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     model = run_fit(cfg, spark=spark)
     run_id = model.selection["mlflow_run_id"]
     assert model.selection["mlflow_tracking_uri"] == server.url
+    assert "View run" not in capsys.readouterr().out       # MLflow's URL lines kept off job stdout
 
     client = MlflowClient(tracking_uri=server.url)
     parent = client.get_run(run_id)

@@ -4,6 +4,7 @@ HTTP bounds and the experiment-name check."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -110,3 +111,21 @@ def test_databricks_experiment_names_must_be_workspace_paths():
     assert "mlflow.experiment" in msg and "/Users/<you>/creative-segmentation" in msg
     assert experiment_problem(dbx, "/Shared/creative-segmentation") is None
     assert experiment_problem(TrackingTarget("sqlite:///a.db", "local", ""), "plain") is None
+
+
+def test_run_urls_are_not_printed_unless_the_user_wants_them(monkeypatch, tmp_path):
+    """MLflow prints "View run ... at: <url>" to stdout when a run on a server ends; resolving
+    the tracking URI (every logging verb does first) turns that off, unless the user set it."""
+    from segmentation.tracking.uri import SUPPRESS_URLS, quiet_run_urls
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(SUPPRESS_URLS, raising=False)
+    resolve_tracking(None, quiet=True)
+    assert os.environ[SUPPRESS_URLS] == "true"
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
+    monkeypatch.setenv(SUPPRESS_URLS, "false")
+    resolve_tracking(None, quiet=True)
+    assert os.environ[SUPPRESS_URLS] == "false"
+    assert quiet_run_urls({SUPPRESS_URLS: "0"}) == "0" and quiet_run_urls({}) == "true"
