@@ -286,7 +286,8 @@ def check_run(cfg, run_id: str) -> None:
 
 def log_to_mlflow(cfg, result: dict, paths: dict[str, str], run_id: str | None = None) -> str:
     """Log metrics and the three files (artifact path ``evaluation``) to ``run_id`` with
-    MlflowClient, or to a new run in ``cfg.mlflow.experiment``; returns the run id."""
+    MlflowClient, or to a new run in ``cfg.mlflow.experiment`` tagged ``segmentation.kind =
+    evaluate`` and with the config's ``mlflow.tags``; returns the run id."""
     import time
 
     from mlflow.entities import Metric, Param, RunStatus
@@ -298,7 +299,9 @@ def log_to_mlflow(cfg, result: dict, paths: dict[str, str], run_id: str | None =
         name = getattr(cfg.mlflow, "experiment", "creative-segmentation")
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
-        run = client.create_run(exp_id, run_name=(getattr(cfg.mlflow, "run_name", None) or "evaluate"))
+        tags = {"segmentation.kind": "evaluate", **(getattr(cfg.mlflow, "tags", None) or {})}
+        run = client.create_run(exp_id, run_name=(getattr(cfg.mlflow, "run_name", None) or "evaluate"),
+                                tags=tags)                 # mlflow.tags as on fit runs (airflow.ds, ...)
         run_id = run.info.run_id
         created = True
     ts = int(time.time() * 1000)

@@ -81,7 +81,8 @@ def test_evaluate_verb_writes_report_and_logs_to_mlflow(spark, planted, tmp_path
     raw = make_config(str(planted["root"] / "data"), str(mdir), control="ctrl",
                       extra={"mlflow.enabled": True, "mlflow.tracking_uri": uri,
                              "mlflow.experiment": "eval-test"})
-    assert main(["evaluate", _config_file(tmp_path, raw)]) == 0
+    assert main(["evaluate", _config_file(tmp_path, raw), "--set", "mlflow.tags.airflow.ds=2024-01-01",
+                 "--set", "mlflow.tags.team=crm"]) == 0
     out = capsys.readouterr().out
     assert "| segment (this model) |" in out
     assert sorted(os.listdir(mdir)) == ["evaluation.json", "evaluation.md", "evaluation_policies.png",
@@ -98,6 +99,9 @@ def test_evaluate_verb_writes_report_and_logs_to_mlflow(spark, planted, tmp_path
     assert len(runs) == 1
     run = runs[0]
     assert run.data.metrics["eval.segment.value_dr"] == pytest.approx(seg["estimate"])
+    # the config's mlflow.tags, as on fit runs
+    assert run.data.tags["airflow.ds"] == "2024-01-01" and run.data.tags["team"] == "crm"
+    assert run.data.tags["segmentation.kind"] == "evaluate"
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert arts == {"evaluation/evaluation.json", "evaluation/evaluation.md",
                     "evaluation/evaluation_policies.png"}
