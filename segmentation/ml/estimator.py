@@ -77,9 +77,11 @@ class FusedSegmentation(Estimator, FusedSegmentationParams, MLReadable, MLWritab
         if isinstance(given, dict):
             return given
         if given is not None:
+            from pyspark.sql import SparkSession
+
             from segmentation.data.read import read_segment_mapping
 
-            return read_segment_mapping(df.sparkSession, given)
+            return read_segment_mapping(df.sparkSession if df is not None else SparkSession.active(), given)
         if df is None:
             return None
         return segments_from_column(df, self.getCreativeCol(), col, self.getControl())

@@ -153,6 +153,8 @@ def test_params_have_docs_defaults_and_the_cli_config(campaign):
     assert cfg.data.covariates == COVARIATES and cfg.data.categorical == ["region"]
     assert cfg.mlflow.enabled is False and cfg.cv.relax is True
     assert cfg.segment_mapping() == campaign["segments"]
+    csv = str(campaign["root"] / "campaign" / "creatives.csv")      # segments as a creative,segment CSV
+    assert estimator(campaign, segments=csv).toConfig().segment_mapping() == campaign["segments"]
 
 
 def test_bad_params_name_the_param_or_column(campaign, exposures, tmp_path):
@@ -200,6 +202,7 @@ def cv_fit(campaign, exposures):
     return est.fit(exposures), uri
 
 
+@pytest.mark.slow
 def test_cross_validated_fit_tracked_in_mlflow(spark, campaign, cv_fit, exposures, tmp_path):
     import mlflow
 
