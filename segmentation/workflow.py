@@ -176,18 +176,26 @@ def run_assign(model_dir: str, source: str, output: str, fmt: str | None = None,
                user_col: str | None = None, spark=None, fit: str = "relaxed",
                run_date=None, output_format: str | None = None) -> str:
     """Score the users at ``source`` (path or table name) and write ``output`` (path or table
-    name, ``segmentation.data.write``); with ``run_date`` only that date's ``run_date``
-    partition of the output is replaced. Returns what was written."""
+    name, ``segmentation.data.write``): one row per user. ``source`` may be an exposure table
+    with several rows per user; a user whose rows disagree on the model's covariates (logged per
+    exposure) is scored on one of them chosen by value, not by arrival order (the smallest
+    (covariates...) tuple, ``policy.assign.one_row_per_user``, as ``segment_shares`` and
+    ``segment allocate`` do), so the result does not depend on partitioning; pass a user table
+    to choose which row (e.g. the latest) yourself. With ``run_date`` only that date's
+    ``run_date`` partition of the output is replaced. Returns what was written."""
+    from segmentation.data.encode import Encoding
     from segmentation.data.read import read_exposures
     from segmentation.data.write import output_format as out_format, parse_run_date, write_output
-    from segmentation.policy.assign import assign_segments
+    from segmentation.policy.assign import assign_segments, check_columns, one_row_per_user
 
     day, ofmt = parse_run_date(run_date), out_format(output, output_format)   # checked before Spark
     model = SegmentationModel.load(model_dir).with_fit(fit)
     spark = spark or spark_for(None, app_name="segmentation-assign")
     df = read_exposures(spark, source, fmt)
     user_col = user_col or model.data.get("user_col") or "user_id"
-    out = assign_segments(df, model, user_col)
+    check_columns(df, model, user_col)
+    enc = Encoding.from_dict(model.encoding)
+    out = assign_segments(one_row_per_user(df, user_col, [*enc.numeric, *enc.categorical]), model, user_col)
     written = write_output(out, output, ofmt, day)
     print(f"assigned users from {source} to {len(model.assignable)} segments -> {written}")
     return written
