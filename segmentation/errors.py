@@ -16,6 +16,11 @@ class DataValidationError(SegmentationError):
     """The exposure data violates the contract; the message names the column, key or row count."""
 
 
+class ModelFileError(SegmentationError):
+    """A ``model.json`` that is not valid JSON or not a model this package wrote (truncated,
+    edited, another format version); the message names the file."""
+
+
 class SeparationError(SegmentationError):
     """The likelihood has no finite minimiser in a direction the penalty does not bound."""
 

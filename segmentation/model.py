@@ -195,8 +195,21 @@ class SegmentationModel:
             path = os.path.join(path, "model.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"no model.json at {model_dir_or_file}")
-        with open(path) as fh:
-            return cls.from_dict(json.load(fh))
+        from segmentation.errors import ModelFileError
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                d = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"{os.path.abspath(path)} is not valid JSON ({e}); the file is "
+                                 "truncated or corrupt: refit, or restore the model directory") from None
+        try:
+            if not isinstance(d, dict):
+                raise TypeError(f"a JSON {type(d).__name__}, not an object")
+            return cls.from_dict(d)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+            raise ModelFileError(f"{os.path.abspath(path)} is not a segmentation model ({what})") from None
 
 
 def _floats(a) -> list[float]:
