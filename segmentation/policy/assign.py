@@ -92,7 +92,7 @@ def assign_segments(df, model: SegmentationModel, user_col: str, keep: list[str]
               .select(col_ref(user_col), *carried, SEGMENT_COL, *score_cols))
 
 
-def one_row_per_user(df, user_col: str, columns) -> "DataFrame":
+def one_row_per_user(df, user_col: str, columns):
     """``user_col`` and ``columns``, one row per user: of a user's rows, the one whose
     (columns...) tuple is smallest in Spark's ordering (nulls first, NaN last).
 
