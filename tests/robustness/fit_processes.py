@@ -35,24 +35,24 @@ def fit_config(tmp, data_dir: str, model_dir: str, *, name: str = "fit", mlflow_
     return path
 
 
-def _env():
-    return dict(os.environ, PYSPARK_PYTHON=sys.executable)
+def _env(extra: dict | None = None):
+    return dict(os.environ, PYSPARK_PYTHON=sys.executable, **(extra or {}))
 
 
-def start_fit(config: str, *args, log_path: str | None = None) -> subprocess.Popen:
+def start_fit(config: str, *args, log_path: str | None = None, env: dict | None = None) -> subprocess.Popen:
     """``segment fit CONFIG`` in its own process group (so whatever it starts can be found and
-    stopped by the group's id); output to ``log_path`` (default: pipes)."""
+    stopped by the group's id); output to ``log_path`` (default: pipes); ``env`` adds variables."""
     if log_path:
         fh = open(log_path, "w")
         return subprocess.Popen([*SEGMENT, "fit", config, *args], stdout=fh, stderr=subprocess.STDOUT,
-                                text=True, env=_env(), start_new_session=True)
+                                text=True, env=_env(env), start_new_session=True)
     return subprocess.Popen([*SEGMENT, "fit", config, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=_env(env), start_new_session=True)
 
 
-def run_fit_cli(config: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_fit_cli(config: str, *args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*SEGMENT, "fit", config, *args], capture_output=True, text=True,
-                          env=_env(), timeout=timeout)
+                          env=_env(env), timeout=timeout)
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -64,11 +64,11 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def kill_after_steps(config: str, model_dir: str, steps: int, *args, timeout: float = 1200,
-                     log_path: str | None = None) -> dict:
+                     log_path: str | None = None, env: dict | None = None) -> dict:
     """Start ``segment fit``, SIGKILL its driver (by pid) as soon as its checkpoint holds
     ``steps`` lambda indices; returns the checkpoint's state.json as the killed run left it."""
     ck = checkpoint_dir(model_dir)
-    proc = start_fit(config, *args, log_path=log_path)
+    proc = start_fit(config, *args, log_path=log_path, env=env)
     want = os.path.join(ck, f"step-{steps - 1:05d}.npz")
     t0 = time.time()
 

@@ -1,6 +1,7 @@
 """Two ``segment fit`` runs at once (real processes started together): into different model
 directories both succeed; into the same one exactly one wins, the model is that run's complete
-output, and the loser exits 5 with one line naming the winner and writes nothing."""
+output, and the loser exits 5 with one line naming the winner and writes nothing. The three
+share one MLflow sqlite store that none of them finds existing: they create it together."""
 from __future__ import annotations
 
 import json
@@ -15,13 +16,9 @@ from fit_processes import fit_config, start_fit, stop_group
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    from segmentation.data.simulate import simulate_campaign
-
-    d = tmp_path_factory.mktemp("campaign")
-    simulate_campaign(str(d), n_users=6_000, seed=5, overwrite=True, chunk_size=4_000)
-    return str(d)
+@pytest.fixture
+def campaign(small_campaign):
+    return small_campaign
 
 
 def _complete(model_dir: str, n_lambda: int) -> dict:
@@ -44,11 +41,8 @@ def test_two_fits_at_once(campaign, tmp_path):
     cfgs = [fit_config(tmp_path, campaign, one, name="a", mlflow_db=db),
             fit_config(tmp_path, campaign, two, name="b", mlflow_db=db),
             fit_config(tmp_path, campaign, two, name="c", mlflow_db=db, n_lambda=4)]
-    # the store exists before the runs start, as a scheduled job's does: two processes creating
-    # a new sqlite store at once collide in MLflow's own schema migration (alembic), not here
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    # the store does not exist yet: all three create it at once (tracking/local_store.py)
+    assert not os.path.exists(db)
     procs = [start_fit(c) for c in cfgs]
     outs = []
     try:

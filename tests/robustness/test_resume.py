@@ -27,13 +27,9 @@ from fit_processes import fit_config, kill_after_steps, model_coefficients, run_
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
-    from segmentation.data.simulate import simulate_campaign
-
-    d = tmp_path_factory.mktemp("campaign")
-    simulate_campaign(str(d), n_users=6_000, seed=5, overwrite=True, chunk_size=4_000)
-    return str(d)
+@pytest.fixture
+def campaign(small_campaign):
+    return small_campaign
 
 
 def _fresh(state: dict) -> bool:

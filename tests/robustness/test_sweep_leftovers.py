@@ -80,6 +80,15 @@ def tmpdir_for_packages(tmp_path, monkeypatch):
     return str(d)
 
 
+@pytest.fixture
+def dead_a(tmp_path, tmpdir_for_packages, owners) -> Owner:
+    """The leftovers of models/a (staging, package dir, checkpoint), their owner killed."""
+    o = Owner(str(tmp_path / "models" / "a"), tmpdir_for_packages)
+    owners.append(o)
+    o.kill()
+    return o
+
+
 def config(model_dir: str, *, grace: float = 0.0, max_age_hours: float = 0.0) -> SegmentConfig:
     raw = demo_config("/no/data", model_dir)
     raw.pop("segments_file")
@@ -116,12 +125,9 @@ def test_a_live_owners_leftovers_survive_a_dead_ones_go(tmp_path, tmpdir_for_pac
     assert sorted(sweep_leftovers(cfg)) == live.paths()
 
 
-def test_grace_period_and_age_limit_keep_a_dead_runs_checkpoint(tmp_path, tmpdir_for_packages, owners):
+def test_grace_period_and_age_limit_keep_a_dead_runs_checkpoint(tmp_path, dead_a):
     models = tmp_path / "models"
-    o = Owner(str(models / "a"), tmpdir_for_packages)
-    owners.append(o)
-    o.kill()
-    ck = o.made["checkpoint"]
+    ck = dead_a.made["checkpoint"]
     # young (grace period) or within the age limit: kept, for a retry to resume
     assert sweep_leftovers(config(str(models / "b"), grace=3600.0)) == []
     assert sweep_checkpoints(str(models / "b"), max_age_seconds=3600.0, grace_seconds=0.0) == []
@@ -133,25 +139,20 @@ def test_grace_period_and_age_limit_keep_a_dead_runs_checkpoint(tmp_path, tmpdir
                              now=time.time() + 3601.0) == [ck]
 
 
-def test_a_checkpoint_goes_once_its_model_was_published_after_it(tmp_path, tmpdir_for_packages, owners):
+def test_a_checkpoint_goes_once_its_model_was_published_after_it(tmp_path, dead_a):
     models = tmp_path / "models"
-    o = Owner(str(models / "a"), tmpdir_for_packages)
-    owners.append(o)
-    o.kill()
-    ck = o.made["checkpoint"]
+    ck = dead_a.made["checkpoint"]
     os.makedirs(models / "a")
     time.sleep(0.05)
     (models / "a" / "model.json").write_text("{}")
     assert sweep_checkpoints(str(models / "b"), max_age_seconds=1e9, grace_seconds=0.0) == [ck]
 
 
-def test_a_checkpoint_whose_model_dir_is_locked_is_kept(tmp_path, tmpdir_for_packages, owners):
+def test_a_checkpoint_whose_model_dir_is_locked_is_kept(tmp_path, tmpdir_for_packages, owners, dead_a):
     """A run about to resume a dead attempt's checkpoint holds the model lock before it reads
     the checkpoint: the sweep of another run skips it even though its recorded owner is dead."""
     models = tmp_path / "models"
-    dead = Owner(str(models / "a"), tmpdir_for_packages)
-    owners.append(dead)
-    dead.kill()
+    dead = dead_a
     retry = Owner(str(models / "other"), tmpdir_for_packages, hold_lock=True)
     owners.append(retry)
     with ModelDirLock(str(models / "a")):
@@ -207,3 +208,48 @@ def test_a_fit_waits_out_another_runs_sweep_but_not_another_fit(tmp_path):
     finally:
         fit.kill()
         fit.wait()
+
+
+@pytest.mark.slow
+def test_the_next_fit_removes_what_a_sigkilled_fit_left(small_campaign, tmp_path, owners):
+    """``segment fit`` into models/a killed by SIGKILL after one checkpointed lambda, and a
+    killed process that had staged models/b and built the package archive; a live one holding
+    the same for models/c. The next ``segment fit`` (into models/d, a single fit, checkpoint
+    age limit 0, no grace period) removes a's checkpoint and block directory and the dead
+    process's staging and package directories, and leaves every directory of the live one."""
+    import yaml
+
+    from fit_processes import fit_config, kill_after_steps, run_fit_cli
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp)}
+    models = tmp_path / "models"
+    a = str(models / "a")
+    state = kill_after_steps(fit_config(tmp_path, small_campaign, a, name="a"), a, 1, env=env)
+    assert os.path.isdir(checkpoint_dir(a)) and state["attempts"][-1]["pid"] > 0
+    blocks = tmp_path / "blocks"
+    assert os.listdir(blocks)                                  # the killed run's block directory
+    dead = Owner(str(models / "b"), str(tmp))
+    live = Owner(str(models / "c"), str(tmp))
+    owners += [dead, live]
+    dead.kill()
+
+    cfg_d = fit_config(tmp_path, small_campaign, str(models / "d"), name="d")
+    raw = yaml.safe_load(open(cfg_d))
+    raw["model"] = {"lambda": 0.01, "alpha": 0.1}
+    raw["output"]["checkpoint_max_age_hours"] = 0
+    with open(cfg_d, "w") as fh:
+        yaml.safe_dump(raw, fh)
+    res = run_fit_cli(cfg_d, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert os.path.exists(models / "d" / "model.json")
+    assert not os.path.exists(checkpoint_dir(a))
+    assert os.listdir(blocks) == []
+    for p in dead.paths():
+        assert not os.path.exists(p), p
+    for p in live.paths():
+        assert os.path.isdir(p), p
+    assert sorted(os.listdir(models)) == sorted(
+        ["d", os.path.basename(live.made["staging"]), os.path.basename(live.made["checkpoint"])])
+    assert os.listdir(tmp) == [os.path.basename(live.made["package"])]
