@@ -15,14 +15,9 @@ from segmentation.selection.relax import blend
 from segmentation.solver.penalty import PenaltyWeights
 from segmentation.solver.prox_newton import FitResult, fit
 
-from cv_testdata import design, planted
+from cv_testdata import design
 
 ALPHAS = [0.0, 0.1, 0.2]
-
-
-@pytest.fixture(scope="module")
-def camp20k():
-    return planted(20_000, seed=0, n_folds=3, n_blocks=2)
 
 
 @pytest.fixture(scope="module")

@@ -104,13 +104,13 @@ def test_planted_truth_200k_default_rule_and_relaxed_refit():
     assert ari >= 0.93, ari
 
 
-def test_an_alpha_whose_refits_separate_is_left_unrelaxed(monkeypatch):
+def test_an_alpha_whose_refits_separate_is_left_unrelaxed(monkeypatch, camp20k):
     import warnings
 
     import segmentation.selection.relax as relaxmod
     from segmentation.errors import SeparationError
 
-    st, oracle, _, _ = planted(20_000, seed=0, n_folds=3, n_blocks=2)
+    st, oracle, _, _ = camp20k
     real = relaxmod.fit_many
 
     def flaky(orc, structure, problems, **kw):
@@ -128,14 +128,14 @@ def test_an_alpha_whose_refits_separate_is_left_unrelaxed(monkeypatch):
     assert res.chosen is not None
 
 
-def test_adaptive_penalty_weights_come_from_each_folds_own_initial_fit():
+def test_adaptive_penalty_weights_come_from_each_folds_own_initial_fit(camp20k):
     """model.adaptive: one set of penalty factors per (alpha, fold) from an initial fit on that
     fold's training rows; the path's fits solve the weighted problems (weighted KKT)."""
     from segmentation.solver.optimality import kkt_violations
     from segmentation.solver.penalty import FusedGroupPenalty, PenaltyWeights
     import segmentation.selection.cv as cvmod
 
-    st, oracle, _, _ = planted(20_000, seed=0, n_folds=3, n_blocks=2)
+    st, oracle, _, _ = camp20k
     seen = []
     real = cvmod.fit_many
 
