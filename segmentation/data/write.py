@@ -17,6 +17,23 @@ Targets:
   Delta), or the whole table without a run date. The table's columns must match.
 
 A retry or backfill of the same run date therefore leaves exactly one copy of that date's rows.
+
+What a replacement guarantees when the writing job fails part way:
+
+- local paths (and ``file:``), with or without a run date: atomic; the new rows are written to a
+  staging sibling and swapped in by one rename exchange (``segmentation/atomic.py``), so readers
+  and a failed job see the complete old output or the complete new one;
+- Delta (path or table): atomic; one transaction (``replaceWhere`` for a run date, ``overwrite``
+  otherwise);
+- Parquet on other file systems or a Parquet table, with a run date: Spark's dynamic partition
+  overwrite writes the new files under a staging directory and replaces the partition only at
+  job commit, so a failed job leaves the old partition; the swap itself is not one operation
+  (a reader during the commit may see the date missing);
+- Parquet on other file systems or a Parquet table, *without* a run date: not atomic. Spark's
+  static overwrite (``mode("overwrite").save``, ``insertInto(overwrite=True)``) deletes the old
+  files before the job writes the new ones: a failed job leaves the target empty or partial
+  (rerun it). There is no atomic directory rename on object stores and no table swap in Spark's
+  catalog API; write with a run date, or use Delta, where that matters.
 """
 from __future__ import annotations
 

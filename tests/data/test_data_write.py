@@ -134,3 +134,17 @@ def test_delta_without_connector_says_what_to_add(spark, tmp_path):
         assert not os.path.exists(out)
     else:
         pytest.skip("the Delta connector is installed here")
+
+
+def test_path_without_date_failing_write_keeps_the_old_output(spark, tmp_path):
+    """A whole local Parquet path is replaced through a staging sibling and one rename exchange:
+    a job that fails while writing leaves the previous output complete and no staging left."""
+    out = tmp_path / "flat"
+    write_output(_rows(spark, "a", 5), str(out))
+    with pytest.raises(Exception, match="boom"):
+        write_output(_failing(spark, 4), str(out))
+    assert sorted(r.user_id for r in spark.read.parquet(str(out)).collect()) == [f"a{i}" for i in range(5)]
+    assert sorted(os.listdir(tmp_path)) == ["flat"]
+    write_output(_rows(spark, "b", 2), f"file://{out}")
+    assert sorted(r.user_id for r in spark.read.parquet(str(out)).collect()) == ["b0", "b1"]
+    assert sorted(os.listdir(tmp_path)) == ["flat"]
