@@ -34,6 +34,8 @@ from segmentation.ml.persistence import (EstimatorReader, EstimatorWriter, Model
 
 log = logging.getLogger(__name__)
 
+NO_MODEL_DIR = "none (fitted by FusedSegmentation without modelDir: the model is this run's artifacts)"
+
 
 class FusedSegmentation(Estimator, FusedSegmentationParams, MLReadable, MLWritable):
     """Segments users by how they respond to creatives: fused group lasso over the creatives of
@@ -107,6 +109,10 @@ class FusedSegmentation(Estimator, FusedSegmentationParams, MLReadable, MLWritab
             model_dir = os.path.join(tmp, "model")
         try:
             cfg = self.toConfig(dataset, model_dir=model_dir)
+            tags = {"segmentation.entry_point": "pyspark.ml FusedSegmentation"}
+            if tmp is not None:                 # no directory to point at: the run holds the model
+                tags["segmentation.model_dir"] = NO_MODEL_DIR
+            cfg.mlflow.tags = {**tags, **cfg.mlflow.tags}
             fitted = run_fit(cfg, dataset.sparkSession, df=dataset)
             cv_table = _read_cv_table(model_dir)
         finally:

@@ -219,6 +219,7 @@ def test_cross_validated_fit_tracked_in_mlflow(spark, campaign, cv_fit, exposure
     run = client.get_run(m.selection["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.n_lambda"] == "3"
+    assert run.data.tags["segmentation.model_dir"] == str(model_dir)
     assert run.data.tags["segmentation.data_path"] == m.data["source"] == campaign["exposures"]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(children) == len(table.drop_duplicates(["alpha", "lambda"]))
@@ -238,7 +239,9 @@ def test_pipeline_of_plain_columns_with_save_load(spark, campaign, exposures, tm
     from pyspark.ml.feature import SQLTransformer
 
     derive = SQLTransformer(statement="SELECT *, x1 * x2 AS x1_x2 FROM __THIS__")
-    est = estimator(campaign, covariateCols=[*COVARIATES, "x1_x2"], regParam=0.01, alpha=0.1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    est = estimator(campaign, covariateCols=[*COVARIATES, "x1_x2"], regParam=0.01, alpha=0.1,
+                    mlflowTracking=True, mlflowTrackingUri=uri, mlflowTags={"team": "growth"})
     pipeline = Pipeline(stages=[derive, est])
     fitted = pipeline.fit(exposures)
     out = fitted.transform(exposures)
@@ -246,6 +249,15 @@ def test_pipeline_of_plain_columns_with_save_load(spark, campaign, exposures, tm
     assert isinstance(stage, FusedSegmentationModel)
     assert "x1_x2" in stage.segmentationModel.features
     assert out.columns == exposures.columns + ["x1_x2", "segment", *stage.scoreCols]
+    import mlflow
+
+    from segmentation.ml.estimator import NO_MODEL_DIR
+
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(stage.segmentationModel.fit["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["team"] == "growth"
+    assert run.data.tags["segmentation.entry_point"] == "pyspark.ml FusedSegmentation"
+    assert run.data.tags["segmentation.model_dir"] == NO_MODEL_DIR      # the scratch dir is gone
+    assert run.data.params["data.covariates"] == str([*COVARIATES, "x1_x2"])
 
     path = str(tmp_path / "pipeline-model")
     fitted.save(path)
