@@ -214,7 +214,9 @@ class FusedSegmentationModel(Model, FusedSegmentationParams, MLReadable, MLWrita
     # ---- transform -------------------------------------------------------------------------
     def _transform(self, dataset):
         """``dataset`` with ``segmentCol`` and one ``score_<segment>`` column per segment
-        appended: ``segment assign``'s columns, computed by the same expressions."""
+        appended: ``segment assign``'s columns, computed by the same expressions, for every
+        input row (``segment assign`` first keeps one row per user:
+        ``policy.assign.one_row_per_user``)."""
         from segmentation.policy.assign import SEGMENT_COL, assign_segments
 
         if self._model is None:
