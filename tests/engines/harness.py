@@ -66,6 +66,21 @@ class HarnessError(RuntimeError):
     """The engine was started but did not become ready (message carries the log tail)."""
 
 
+def start_or_skip(make, what: str):
+    """``make()`` then ``.start()`` it, for a pytest fixture: skip the tests when the engine
+    cannot run here (``HarnessUnavailable``), fail them when it did not become ready."""
+    import pytest
+
+    try:
+        service = make()
+        service.start()
+    except HarnessUnavailable as err:
+        pytest.skip(str(err))
+    except HarnessError as err:
+        pytest.fail(f"{what} did not start: {err}")
+    return service
+
+
 # --------------------------------------------------------------------------------------------
 # Paths and environment
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from chispa import assert_approx_df_equality
 
 import harness
 from e2e_common import model_betas, small_cv_config, write_yaml
-from harness import HarnessError, HarnessUnavailable, StandaloneCluster, build_wheel, spark_submit
+from harness import StandaloneCluster, build_wheel, spark_submit, start_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,9 @@ JOBS = harness.repo_root() / "jobs"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    try:
-        c = StandaloneCluster(n_workers=2, cores=1, memory="3g",
-                              log_dir=tmp_path_factory.mktemp("cluster-logs"))
-        c.start()
-    except HarnessUnavailable as err:
-        pytest.skip(str(err))
-    except HarnessError as err:
-        pytest.fail(f"standalone cluster did not start: {err}")
+    c = start_or_skip(lambda: StandaloneCluster(n_workers=2, cores=1, memory="3g",
+                                                log_dir=tmp_path_factory.mktemp("cluster-logs")),
+                      "standalone cluster")
     yield c
     c.stop()
     assert not c.all_pids()

@@ -13,25 +13,11 @@ import pytest
 from chispa import assert_df_equality
 
 from e2e_common import write_yaml
-from harness import ConnectServer, HarnessError, HarnessUnavailable, spark_env, venv_prefix
+from harness import spark_env, venv_prefix
 
 pytestmark = pytest.mark.slow
 
 SEGMENT = str(venv_prefix() / "bin" / "segment")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    try:
-        srv = ConnectServer(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"},
-                            log_dir=tmp_path_factory.mktemp("connect-allocate-logs"))
-        srv.start()
-    except HarnessUnavailable as err:
-        pytest.skip(str(err))
-    except HarnessError as err:
-        pytest.fail(f"Spark Connect server did not start: {err}")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")
