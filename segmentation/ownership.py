@@ -281,6 +281,18 @@ class ModelDirLock:
         self.release()
 
 
+def beside(model_dir: str) -> tuple[str, str, list[str]]:
+    """(parent directory, base name, sorted names in the parent) of ``model_dir``; no names
+    when the parent cannot be listed (e.g. it does not exist yet)."""
+    final = os.path.abspath(model_dir)
+    parent = os.path.dirname(final)
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        names = []
+    return parent, os.path.basename(final), names
+
+
 def recover_model_dir(model_dir: str) -> list[str]:
     """Under the model lock: tidy what dead runs left beside ``model_dir``; returns the paths.
 
@@ -290,12 +302,8 @@ def recover_model_dir(model_dir: str) -> list[str]:
     ``model_dir`` is missing, and removed otherwise.
     """
     final = os.path.abspath(model_dir)
-    parent, base = os.path.dirname(final), os.path.basename(final)
+    parent, base, names = beside(model_dir)
     done: list[str] = []
-    try:
-        names = sorted(os.listdir(parent))
-    except OSError:
-        return done
     for name in names:
         path = os.path.join(parent, name)
         if name.startswith(f".{base}.tmp-") and os.path.isdir(path):

@@ -175,17 +175,12 @@ def sweep_checkpoints(model_dir: str, max_age_seconds: float, grace_seconds: flo
     import logging
     import time
 
-    from segmentation.ownership import ModelDirLock, RunConflictError
+    from segmentation.ownership import ModelDirLock, RunConflictError, beside
 
     log = logging.getLogger(__name__)
-    final = os.path.abspath(model_dir)
-    parent, own = os.path.dirname(final), os.path.basename(final)
+    parent, own, names = beside(model_dir)
     now = time.time() if now is None else now
     removed: list[str] = []
-    try:
-        names = sorted(os.listdir(parent))
-    except OSError:
-        return removed
     for name in names:
         if not (name.startswith(".") and name.endswith(CHECKPOINT_SUFFIX)):
             continue
