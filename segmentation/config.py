@@ -239,6 +239,9 @@ class TransportConfig(_Section):
     seed: int = 0
     tol: float = Field(1e-9, gt=0, description="relative duality gap to stop at")
     exact_limit: int = Field(200, ge=0, description="enumerate every set when C(|T|, S) is at most this")
+    sample_size: int = Field(20000, ge=0, description="users in the driver-side sample (by seeded hash of the "
+                                                      "id) on which every dual solve is warm-started before "
+                                                      "its exact solve on all users; 0: none")
 
     @model_validator(mode="after")
     def _limits(self):

@@ -279,7 +279,8 @@ NEWTON = True               # also evaluate the Newton point of each round (dual
 
 
 def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int, caps: Capacities,
-               scale: float, tol: float = 1e-9, max_iter: int = 500, p0: np.ndarray | None = None) -> DualResult:
+               scale: float, tol: float = 1e-9, max_iter: int = 500, p0: np.ndarray | None = None,
+               quiet: bool = False) -> DualResult:
     """Minimise D(p) by box-step cutting planes; ``evaluate(p, deltas)`` is one pass over the users.
 
     If ``evaluate`` has a ``many(points, deltas)`` attribute, the price vectors of one round go to
@@ -288,7 +289,7 @@ def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int,
     (D(p_best) - certified primal) <= tol * max(|D|, 1e-12 * scale * n).
     """
     many = getattr(evaluate, "many", None) or (lambda pts, d: [evaluate(p, d) for p in pts])
-    steps = dual_iterations(K, caps, scale, tol=tol, max_iter=max_iter, p0=p0)
+    steps = dual_iterations(K, caps, scale, tol=tol, max_iter=max_iter, p0=p0, quiet=quiet)
     request = next(steps)
     while True:
         try:
@@ -299,7 +300,7 @@ def solve_dual(evaluate: Callable[[np.ndarray, np.ndarray], PriceStats], K: int,
 
 def dual_iterations(K: int, caps: Capacities, scale: float, tol: float = 1e-9, max_iter: int = 500,
                     p0: np.ndarray | None = None, box0: float | None = None, radii=None,
-                    newton: bool | None = None):
+                    newton: bool | None = None, quiet: bool = False):
     """``solve_dual`` as a generator: yields a list of ``(p, deltas)`` (the price vectors of one
     round, evaluated in one pass), is sent their ``PriceStats`` (a list, same order), returns
     the ``DualResult``. Lets one pass over the users serve many dual solves (``transport.search``
@@ -394,7 +395,7 @@ def dual_iterations(K: int, caps: Capacities, scale: float, tol: float = 1e-9, m
                     points.append((q, max(step, tiny), d_center - model))
     if best_plan_ is None:
         raise RuntimeError("no feasible split of the tied users was found (capacities infeasible?)")
-    if not converged:
+    if not converged and not quiet:
         warnings.warn(f"transport: duality gap {d_center - best_plan_.certified:.3g} above tolerance after "
                       f"{max_iter} price updates", RuntimeWarning, stacklevel=3)
     return DualResult(prices=center, dual=d_center, plan=best_plan_, iterations=it, converged=converged,

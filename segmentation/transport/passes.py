@@ -118,8 +118,31 @@ def results_of(tasks: Sequence, acc: dict) -> list:
 Runner = Callable[[Sequence], list]
 
 
-def numpy_runner(V: np.ndarray, batch_size: int | None = None) -> Runner:
-    """Run passes over an in-memory value matrix (optionally in batches, as Spark would)."""
+def sample_threshold(n: int, size: int) -> int:
+    """Users whose ``kernel.user_hash`` is below this form the sample (about ``size`` of ``n``)."""
+    if size <= 0:
+        return 0
+    return (1 << 63) if size >= n else int((1 << 63) * (size / n))
+
+
+def order_sample(V: np.ndarray, h: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The sample's rows in (hash, id) order: the same matrix whatever the partitioning."""
+    return np.ascontiguousarray(V[np.lexsort((ids, h))], dtype=np.float64)
+
+
+def numpy_sample(V: np.ndarray, ids, seed: int, size: int) -> np.ndarray:
+    """The driver-side sample of ``spark_sample``, from arrays."""
+    from segmentation.transport.kernel import user_hash
+
+    ids = np.arange(len(V)) if ids is None else np.asarray(ids)
+    h = user_hash(ids, seed)
+    keep = h < sample_threshold(len(V), size) if size < len(V) else np.ones(len(V), dtype=bool)
+    return order_sample(np.asarray(V)[keep], h[keep], ids[keep].astype(str))
+
+
+def numpy_runner(V: np.ndarray, batch_size: int | None = None, sample: np.ndarray | None = None) -> Runner:
+    """Run passes over an in-memory value matrix (optionally in batches, as Spark would).
+    ``run.sample`` (users x |T|, or None) warm-starts the dual solves (``search.run_searches``)."""
     V = np.ascontiguousarray(V, dtype=np.float64)
 
     def run(tasks):
@@ -131,6 +154,7 @@ def numpy_runner(V: np.ndarray, batch_size: int | None = None) -> Runner:
         return results_of(tasks, acc)
 
     run.passes = 0
+    run.sample = sample
     return run
 
 
@@ -171,4 +195,39 @@ def spark_runner(df, columns: list[str], persist: bool = True) -> Runner:
 
     run.passes = 0
     run.frame = values
+    run.sample = None
     return run
+
+
+def spark_sample(df, user_col: str, columns: list[str], n: int, seed: int, size: int) -> np.ndarray:
+    """A seeded sample of about ``size`` users' values (all of them if n <= size), chosen by
+    ``kernel.user_hash`` of the id (so independent of the partitioning), in one job; rows in
+    (hash, id) order, as ``numpy_sample`` gives them. Driver memory: size x |T| numbers."""
+    import pyarrow as pa
+
+    from segmentation.data.encode import col_ref
+    from segmentation.transport.kernel import user_hash
+
+    k = len(columns)
+    thr = sample_threshold(n, size)
+    schema = pa.schema([("h", pa.int64()), ("id", pa.string())] + [(f"v{i}", pa.float64()) for i in range(k)])
+
+    def fn(batches):
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            ids = batch.column(k).to_numpy(zero_copy_only=False)
+            h = user_hash(ids, seed)
+            keep = np.arange(len(h)) if size >= n else np.flatnonzero(h < thr)
+            V = _values(batch, k)[keep]
+            cols = {"h": h[keep], "id": ids[keep].astype(str)}
+            cols.update({f"v{i}": V[:, i] for i in range(k)})
+            yield pa.RecordBatch.from_pydict(cols, schema=schema)
+
+    ddl = "h long, id string, " + ", ".join(f"v{i} double" for i in range(k))
+    src = df.select(*[col_ref(c) for c in columns], col_ref(user_col))
+    tbl = src.mapInArrow(fn, ddl).toArrow()
+    h = tbl.column("h").to_numpy()
+    ids = tbl.column("id").to_numpy(zero_copy_only=False)
+    V = np.column_stack([tbl.column(f"v{i}").to_numpy() for i in range(k)]) if tbl.num_rows else np.zeros((0, k))
+    return order_sample(V, h, ids)

@@ -26,7 +26,7 @@ import numpy as np
 
 from segmentation.errors import DataValidationError
 from segmentation.transport.capacity import capacities
-from segmentation.transport.passes import numpy_runner, spark_runner
+from segmentation.transport.passes import numpy_runner, numpy_sample, spark_runner, spark_sample
 from segmentation.transport.search import Limits, Sets, run_searches, search
 from segmentation.transport.spark import TREATMENT_COL, VALUE_COL, assignment_frame, check_value_columns
 
@@ -106,6 +106,7 @@ class Decision:
     full_value: float
     passes: int
     names: list
+    sample_users: int | None = None
 
 
 def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: int | None = SWAP_CANDIDATES,
@@ -137,7 +138,8 @@ def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: in
             f"(the largest upper limits, rounded down to head counts, sum to less than {n})")
     top = max(r.value for r in feasible)
     best = next(r for r in feasible if r.value >= top - 10 * rel_tol * max(abs(top), 1e-300))
-    return Decision(best=best, results=results, full_value=full_value, passes=passes, names=list(names))
+    return Decision(best=best, results=results, full_value=full_value, passes=passes, names=list(names),
+                    sample_users=None if getattr(run, "sample", None) is None else len(run.sample))
 
 
 def _curve(d: Decision) -> list[dict]:
@@ -154,7 +156,7 @@ def _curve(d: Decision) -> list[dict]:
 def _method(d: Decision, final_passes: int) -> dict:
     m = dict(d.best.method)
     m.update(passes=d.passes + final_passes, price_updates=d.best.result.iterations,
-             capacity_aware=True, per_S=[r.method for r in d.results])
+             capacity_aware=True, sample_users=d.sample_users, per_S=[r.method for r in d.results])
     return m
 
 
@@ -182,6 +184,8 @@ def plan_allocation(df, user_col: str, columns: list[str], names: list[str], cfg
             raise DataValidationError("the value table has no rows")
         run = spark_runner(df, columns, persist=persist)
         try:
+            if cfg.sample_size > 0:
+                run.sample = spark_sample(df, user_col, columns, n, cfg.seed, cfg.sample_size)
             d = decide(run, n, hi - lo, names, cfg, swap_candidates, max_rounds)
         finally:
             if persist:
@@ -236,12 +240,13 @@ def plan_numpy(V: np.ndarray, names: list[str], cfg, ids=None, batch_size: int |
     n = len(V)
     if not np.all(np.isfinite(V)):
         raise DataValidationError("values hold NaN or infinite entries")
-    run = numpy_runner(V, batch_size)
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    sample = numpy_sample(V, ids, cfg.seed, cfg.sample_size) if cfg.sample_size > 0 else None
+    run = numpy_runner(V, batch_size, sample=sample)
     d = decide(run, n, float(V.max() - V.min()), names, cfg, swap_candidates, max_rounds)
     cols = list(d.best.offered)
     r = d.best.result
     Vs = V[:, cols]
-    ids = np.arange(n) if ids is None else np.asarray(ids)
     masks = candidate_masks(Vs, r.plan.prices, r.plan.delta)
     rank = hash_ranks(ids, cfg.seed, masks) if r.plan.splits else None
     t = assign_rows(Vs, r.plan.prices, r.plan.delta, r.plan.splits, rank)

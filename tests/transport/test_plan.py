@@ -223,6 +223,39 @@ def test_partitions_and_seed(spark, table):
     # chosen set's optimum may split no tied users, so a different seed need not change any row
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sample_warm_start_keeps_the_plan_exact(seed):
+    """Dual solves warm-started on a driver-side sample (a third of the users, or all of them)
+    give the plan of cold solves: same sets, values to the duality-gap tolerance, fewer passes."""
+    V = instance(seed, n=600, k=6)
+    cold = plan_numpy(V, names(6), TransportConfig(max_treatments=3, sample_size=0, **CAPPED))
+    for size in (200, 20000):
+        warm = plan_numpy(V, names(6), TransportConfig(max_treatments=3, sample_size=size, **CAPPED))
+        assert warm.method["sample_users"] == (600 if size > 600 else pytest.approx(200, abs=60))
+        assert warm.offered == cold.offered and warm.shares == cold.shares
+        assert warm.total_value == pytest.approx(cold.total_value, rel=1e-9)
+        for a, b in zip(warm.curve, cold.curve):
+            assert a["offered"] == b["offered"] and a["value"] == pytest.approx(b["value"], rel=1e-9)
+        assert -1e-9 * abs(cold.total_value) <= warm.duality_gap <= 1e-9 * abs(cold.total_value)
+        assert warm.method["passes"] < cold.method["passes"]
+    assert cold.method["sample_users"] is None
+
+
+def test_spark_sample_equals_numpy_sample(table):
+    from segmentation.transport.passes import numpy_sample, spark_sample
+
+    V, pdf, df = table
+    cols = list(pdf.columns[1:])
+    want = numpy_sample(V, pdf["uid"].to_numpy(), 11, 150)
+    assert 100 <= len(want) <= 200
+    for frame in (df.coalesce(1), df.repartition(3, "uid")):
+        got = spark_sample(frame, "uid", cols, len(V), 11, 150)
+        assert np.array_equal(got, want)                              # same users, same order
+    assert not np.array_equal(numpy_sample(V, pdf["uid"].to_numpy(), 12, 150), want)   # the seed picks
+    assert np.array_equal(spark_sample(df, "uid", cols, len(V), 11, 10**6),
+                          numpy_sample(V, pdf["uid"].to_numpy(), 11, 10**6))          # n <= size: everyone
+
+
 def test_spark_bad_values_name_the_column(spark):
     df = spark.createDataFrame([(1, 0.5, None), (2, 1.0, 2.0)], "uid long, v_t0 double, v_t1 double")
     with pytest.raises(DataValidationError, match=r"nulls or NaN.*'v_t1': 1"):
