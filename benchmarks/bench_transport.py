@@ -9,7 +9,11 @@ and 15 %), in ONE local[2] session:
   factors z_i ~ N(0, I_3), v_it = mu_t + <w_t, z_i> + 0.5 e_it, mu and w drawn on the driver
   (numpy, seeded), e_it = randn(seed + t); nothing per user is built on the driver;
 - ``plan_allocation`` runs the capacity-aware search for S = 1..5 (the curve) and assigns
-  every user; then the assignment's head counts are checked against the limits in Spark.
+  every user; then the assignment's head counts are checked against the limits in Spark;
+- once per variant (``--variants``, side by side in the same session): ``single-point`` is the
+  price update of 1cf2f29 (one cutting-plane point per pass), ``multi-point`` evaluates several
+  candidate price vectors and a Newton point per pass, ``multi+sample`` also warm-starts every
+  dual solve on a driver-side sample (``transport.sample_size``); ratios against the first.
 
 Reported per size: wall time of ``plan_allocation`` (including the job that counts the
 assignment), Spark jobs, passes over the users, price updates of the final dual solve, sets
@@ -67,7 +71,25 @@ def limits(names, mu):
     return {names[int(np.argmin(mu))]: 0.05}, dict(zip(top, (0.25, 0.20, 0.15)))
 
 
-def run_one(spark, n, args):
+VARIANTS = {
+    # the price update of 1cf2f29: one cutting-plane point per pass, warm starts in a box of half the spread
+    "single-point": dict(RADII=(1.0,), NEWTON=False, WARM_BOX=0.5, sample=False),
+    # several master-LP points (boxes x1/8, x1, x8) and a Newton point per pass, warm box 1/64
+    "multi-point": dict(RADII=(0.125, 1.0, 8.0), NEWTON=True, WARM_BOX=1.0 / 64, sample=False),
+    # the same, every dual solve first solved on a driver-side sample of --sample-size users
+    "multi+sample": dict(RADII=(0.125, 1.0, 8.0), NEWTON=True, WARM_BOX=1.0 / 64, sample=True),
+}
+
+
+def set_variant(name):
+    import segmentation.transport.dual as dual
+    import segmentation.transport.search as search
+
+    v = VARIANTS[name]
+    dual.RADII, dual.NEWTON, search.WARM_BOX = v["RADII"], v["NEWTON"], v["WARM_BOX"]
+
+
+def run_one(spark, n, args, variant="multi-point"):
     from pyspark.sql import functions as F
 
     from segmentation.config import TransportConfig
@@ -76,7 +98,8 @@ def run_one(spark, n, args):
     df, names, mu = value_table(spark, n, args.treatments, args.partitions, args.seed)
     min_share, max_share = limits(names, mu)
     cfg = TransportConfig(max_treatments=args.S, min_share=min_share, max_share=max_share,
-                          seed=args.seed, tol=args.tol, exact_limit=args.exact_limit)
+                          seed=args.seed, tol=args.tol, exact_limit=args.exact_limit,
+                          sample_size=args.sample_size if VARIANTS[variant]["sample"] else 0)
     import segmentation.transport.plan as plan_module
 
     pass_s = []
@@ -95,6 +118,7 @@ def run_one(spark, n, args):
         return timed
 
     plan_module.spark_runner = timed_runner
+    set_variant(variant)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -103,6 +127,7 @@ def run_one(spark, n, args):
                                persist=args.persist)
     finally:
         plan_module.spark_runner = runner
+        set_variant("multi+sample")
     wall = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -113,11 +138,11 @@ def run_one(spark, n, args):
              counts.get(t, 0) <= np.floor(plan.max_share[t] * n + 1e-9) for t in plan.offered)
     m = plan.method
     return {
-        "n": n, "wall_s": wall, "s_per_M": wall / (n / 1e6), "jobs": plan.spark_jobs,
+        "variant": variant, "n": n, "wall_s": wall, "s_per_M": wall / (n / 1e6), "jobs": plan.spark_jobs,
         "passes": m["passes"], "price_updates": m["price_updates"],
         "pass_median_s": float(np.median(pass_s)), "pass_total_s": float(np.sum(pass_s)),
         "sets_solved": sum(r["sets_solved"] for r in m["per_S"]),
-        "gap": plan.duality_gap, "rel_gap": plan.duality_gap / abs(plan.total_value),
+        "gap": plan.duality_gap, "total_value": plan.total_value, "sample_users": m.get("sample_users"), "rel_gap": plan.duality_gap / abs(plan.total_value),
         "share_of_full": plan.total_value / plan.full_value,
         "py_peak_MB": peak / 2**20, "rss_growth_MB": (rss1 - rss0) / 1024,
         "capacities_hold": ok, "offered": plan.offered,
@@ -140,6 +165,9 @@ def main():
     ap.add_argument("--driver-memory", default="3g")
     ap.add_argument("--exact-limit", type=int, default=20,
                     help="transport.exact_limit: enumerate when C(|T| - forced, S - forced) is at most this")
+    ap.add_argument("--sample-size", type=int, default=20000, help="transport.sample_size of the multi+sample variant")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="price-update variants, run one after the other on each size in the same session")
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
 
@@ -156,11 +184,12 @@ def main():
     start = time.perf_counter() - t0
     rows, loads = [], []
     for n in args.sizes:
-        loads.append(os.getloadavg()[0])
-        r = run_one(spark, n, args)
-        loads.append(os.getloadavg()[0])
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        for variant in args.variants:
+            loads.append(os.getloadavg()[0])
+            r = run_one(spark, n, args, variant)
+            loads.append(os.getloadavg()[0])
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     spark.stop()
 
     head = (f"bench_transport  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
@@ -168,21 +197,32 @@ def main():
             f"persist={args.persist}  tol={args.tol:g}  exact_limit={args.exact_limit}  load(1 min) at start/end of each size: "
             + " ".join(f"{x:.1f}" for x in loads))
     lines = [head, f"session start: {start:.1f} s (not in any row)", "",
-             f"{'users':>11} {'wall s':>8} {'s/1M':>7} {'jobs':>5} {'passes':>6} {'price upd':>9} "
+             f"{'variant':>12} {'users':>11} {'wall s':>8} {'s/1M':>7} {'jobs':>5} {'passes':>6} {'price upd':>9} "
              f"{'sets':>5} {'pass med s':>10} {'passes s':>8} {'gap':>10} {'rel gap':>9} {'share':>7} "
              f"{'py peak MB':>10} {'rss+ MB':>8} caps"]
     for r in rows:
-        lines.append(f"{r['n']:>11,} {r['wall_s']:>8.1f} {r['s_per_M']:>7.1f} {str(r['jobs']):>5} "
+        lines.append(f"{r['variant']:>12} {r['n']:>11,} {r['wall_s']:>8.1f} {r['s_per_M']:>7.1f} {str(r['jobs']):>5} "
                      f"{r['passes']:>6} {r['price_updates']:>9} {r['sets_solved']:>5} {r['pass_median_s']:>10.2f} "
                      f"{r['pass_total_s']:>8.1f} {r['gap']:>10.3g} "
                      f"{r['rel_gap']:>9.2g} {r['share_of_full']:>7.4f} {r['py_peak_MB']:>10.2f} "
                      f"{r['rss_growth_MB']:>8.1f} {'ok' if r['capacities_hold'] else 'VIOLATED'}")
-    if len(rows) > 1:
-        a, b = rows[0], rows[-1]
-        lines.append(f"\nratio {b['n']:,} / {a['n']:,} users: wall x{b['wall_s'] / a['wall_s']:.2f} for "
-                     f"x{b['n'] / a['n']:.0f} users (per-user cost x{b['s_per_M'] / a['s_per_M']:.2f})")
+    for n in args.sizes:
+        by = {r["variant"]: r for r in rows if r["n"] == n}
+        base = by.get(args.variants[0])
+        for name, b in by.items():
+            if b is base:
+                continue
+            lines.append(f"\n{n:,} users, {name} / {base['variant']}: passes x{b['passes'] / base['passes']:.2f}, "
+                         f"jobs x{b['jobs'] / base['jobs']:.2f}, wall x{b['wall_s'] / base['wall_s']:.2f}, "
+                         f"median pass x{b['pass_median_s'] / base['pass_median_s']:.2f}; same offered set: "
+                         f"{b['offered'] == base['offered']}; value x{b['total_value'] / base['total_value']:.12f}")
+    big = [r for r in rows if r["variant"] == args.variants[-1]]
+    if len(big) > 1:
+        a, b = big[0], big[-1]
+        lines.append(f"\nratio {b['n']:,} / {a['n']:,} users ({args.variants[-1]}): wall x{b['wall_s'] / a['wall_s']:.2f} "
+                     f"for x{b['n'] / a['n']:.0f} users (per-user cost x{b['s_per_M'] / a['s_per_M']:.2f})")
     for r in rows:
-        lines.append(f"\n{r['n']:,} users: offered {r['offered']}; limits {r['limits']}; "
+        lines.append(f"\n{r['variant']}, {r['n']:,} users: offered {r['offered']}; limits {r['limits']}; "
                      f"search at S={args.S}: {r['search']}")
         lines.append("  curve (S, share of full personalisation): "
                      + ", ".join(f"{s}: {v:.4f}" if v is not None else f"{s}: infeasible" for s, v in r["curve"]))
