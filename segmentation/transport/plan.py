@@ -4,9 +4,12 @@
 ``df`` holds one row per user and one value column per candidate treatment (``columns[t]`` holds
 v_it for the treatment labelled ``names[t]``); ``cfg`` is the ``transport`` config section.
 
-Steps: check the value columns (one job: nulls/NaN, user count, value range); for every S from 1 to
-``max_treatments`` search the offered set under the capacity limits (``transport.search``: exact
-enumeration, or greedy + Lloyd alternation + swaps), all searches advancing together so each
+Steps: check the value columns (one job: nulls/NaN, user count, value range); collect a
+driver-side sample of ``transport.sample_size`` users by seeded hash of the id (one job; every
+dual solve is first solved on it in memory, and its solve on all users, which certifies the gap,
+starts from those prices); for every S from 1 to ``max_treatments`` search the offered set under
+the capacity limits (``transport.search``: exact enumeration, or greedy + Lloyd alternation +
+swaps), all searches advancing together so each
 Spark job is one pass over the users serving every open question; the plan is the best set
 found (more treatments never hurt when they can be left empty, so normally S = max_treatments);
 its assignment is the dual's prices plus the hash-split of tied users (``spark.assignment_frame``),
@@ -14,7 +17,8 @@ and one more job counts it and sums its value. ``full_value`` is F(T): every use
 treatment, no limits. The curve reports, for each S, the best value found as a share of it.
 
 Everything per user stays in Spark; the driver holds prices and per-group sums: O(|T|) numbers per
-dual solve in flight (times the tie groups), never a per-user array.
+dual solve in flight (times the tie groups), and the fixed-size sample (sample_size x |T|
+numbers, whatever the number of users), never an array over all users.
 """
 from __future__ import annotations
 
