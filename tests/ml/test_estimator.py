@@ -99,7 +99,7 @@ def test_penalized_fit_and_segment_col_params(fitted, exposures):
     assert_approx_df_equality(pen, fitted.transform(exposures), 0.0, ignore_row_order=True)
 
 
-def test_model_save_load_round_trip(spark, tmp_path, fitted, exposures):
+def test_model_save_load_round_trip(spark, tmp_path, campaign, fitted, exposures):
     path = str(tmp_path / "fused")
     fitted.write().save(path)
     assert sorted(os.listdir(path)) == ["metadata", "model", "model.json"]
@@ -116,6 +116,10 @@ def test_model_save_load_round_trip(spark, tmp_path, fitted, exposures):
     from segmentation.model import SegmentationModel
 
     assert SegmentationModel.load(path).to_dict() == fitted.segmentationModel.to_dict()
+    run_assign(path, campaign["exposures"], str(tmp_path / "assigned"), spark=spark)
+    cli = spark.read.parquet(str(tmp_path / "assigned"))
+    assert_approx_df_equality(fitted.transform(exposures).select(*cli.columns), cli, 0.0,
+                              ignore_row_order=True, ignore_nullable=True)
     # no silent overwrite; overwrite() replaces
     with pytest.raises(Exception, match="already exists"):
         fitted.save(path)
