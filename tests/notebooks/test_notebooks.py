@@ -192,7 +192,6 @@ def test_coarse_personalization_on_local_spark(spark, tmp_path, mlflow_store):
     limits, the held-out estimate with CIs, the assignment table one row per user equal to the
     allocation's own Parquet."""
     import mlflow
-    import pandas as pd
     from chispa import assert_df_equality
 
     db = "nb_coarse"
