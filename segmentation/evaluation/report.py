@@ -293,17 +293,19 @@ def log_to_mlflow(cfg, result: dict, paths: dict[str, str], run_id: str | None =
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
     created = False
     if run_id is None:
+        from segmentation.tracking.local_store import open_experiment
+
         name = getattr(cfg.mlflow, "experiment", "creative-segmentation")
-        exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        client, exp_id = open_experiment(tracking_uri(cfg), name)   # safe beside concurrent runs
         tags = {"segmentation.kind": "evaluate", **(getattr(cfg.mlflow, "tags", None) or {})}
         run = client.create_run(exp_id, run_name=(getattr(cfg.mlflow, "run_name", None) or "evaluate"),
                                 tags=tags)                 # mlflow.tags as on fit runs (airflow.ds, ...)
         run_id = run.info.run_id
         created = True
+    else:
+        client = MlflowClient(tracking_uri=tracking_uri(cfg))
     ts = int(time.time() * 1000)
     metrics = [Metric(k, float(v), ts, 0) for k, v in flat_metrics(result).items()]
     params = [] if not created else [Param("eval.n_folds", str(result["n_folds"])),

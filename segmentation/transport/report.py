@@ -131,25 +131,23 @@ def flat_metrics(result: dict) -> list[tuple[str, float, int]]:
 
 
 def log_to_mlflow(cfg, result: dict, paths: dict[str, str]) -> str:
-    """A new run (tag ``segmentation.kind = allocate``) in ``mlflow.experiment``: the transport
-    section as params, ``flat_metrics``, the three files under ``allocation``; returns its id."""
+    """A new run (tag ``segmentation.kind = allocate`` and the config's ``mlflow.tags``) in
+    ``mlflow.experiment``: the transport section as params, ``flat_metrics``, the three files under ``allocation``; returns its id."""
     import time
 
     from mlflow.entities import Metric, Param, RunStatus, RunTag
-    from mlflow.tracking import MlflowClient
 
     from segmentation.evaluation.report import tracking_uri
+    from segmentation.tracking.local_store import open_experiment
     from segmentation.tracking.mlflow_run import _clip
 
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
-    name = cfg.mlflow.experiment
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    client, exp_id = open_experiment(tracking_uri(cfg), cfg.mlflow.experiment)  # safe beside concurrent runs
     vals = result["values"]
     tags = [RunTag("segmentation.kind", "allocate"), RunTag("segmentation.values", vals["kind"]),
             RunTag("segmentation.allocation_dir", result["output_dir"])]
     if vals.get("model_run_id"):
         tags.append(RunTag("segmentation.model_run_id", str(vals["model_run_id"])))
+    tags += [RunTag(k, str(v)) for k, v in (cfg.mlflow.tags or {}).items()]   # as on fit runs (airflow.ds, ...)
     run = client.create_run(exp_id, run_name=cfg.mlflow.run_name or f"allocate S<={result['max_treatments']}",
                             tags={t.key: t.value for t in tags})
     run_id = run.info.run_id

@@ -80,7 +80,7 @@ def numpy_values(model_dir, users: pd.DataFrame, costs: dict, vpr: float) -> tup
 @pytest.mark.slow
 def test_allocate_from_the_model(spark, campaign, capsys):
     root, raw = campaign["root"], campaign["raw"]
-    assert main(["allocate", campaign["config"]]) == 0
+    assert main(["allocate", campaign["config"], "--set", "mlflow.tags.airflow.ds=2026-12-01"]) == 0
     out = root / "model" / "allocation"
     for name in ("allocation.json", "allocation.md", "allocation_curve.png", "assignment"):
         assert (out / name).exists(), name
@@ -122,6 +122,7 @@ def test_allocate_from_the_model(spark, campaign, capsys):
     assert arts == {"allocation/allocation.json", "allocation/allocation.md", "allocation/allocation_curve.png"}
     assert runs[0].data.metrics["allocation.total_value"] == pytest.approx(plan["total_value"])
     assert runs[0].data.params["transport.max_treatments"] == "3"
+    assert runs[0].data.tags["airflow.ds"] == "2026-12-01"          # mlflow.tags, as on fit runs
 
 
 def test_allocate_from_a_value_table(spark, tables):
