@@ -313,7 +313,7 @@ def format_summary(model: SegmentationModel, seconds: float | None = None) -> st
             + (f"{100 * worst:.2f} points" if worst is not None else "- points")
             + f"; fusion tested in {len(tested)} segment(s), "
             + (", ".join(f"{s['segment']} p={s['p_value']:.2g}" for s in tested) or "none with 2+ fused")
-            + f" (calibration.csv)")
+            + " (calibration.csv)")
         lines += flagged_lines(ev)
     elif model.selection is None:
         lines.append("no out-of-fold evidence for the fusion claims: a single fit has no held-out "

@@ -470,7 +470,6 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
          name, passes0, on_point=None, curvature: str = "auto", adaptive=None,
          checkpoint=None) -> CVResult:
-    A = len(alphas)
     saved = checkpoint.load("null") if checkpoint is not None else None
     if saved is not None:
         null, lmax, stopped, W, null_passes = (saved[k] for k in ("null", "lmax", "stopped", "W",

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import pandas as pd
 import pytest
 import yaml
 

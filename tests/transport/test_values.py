@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.special import expit
 
@@ -62,7 +61,7 @@ def test_model_values_equal_numpy_from_model_json(fitted):
 
 
 def test_out_of_fold_values_use_each_rows_fold_model(spark, fitted):
-    cfg, model = fitted["cfg"], fitted["model"]
+    model = fitted["model"]
     rng = np.random.default_rng(0)
     B = model.beta_fit[None] + rng.normal(scale=0.1, size=(3,) + model.beta_fit.shape)
     users = distinct_users(fitted["exposures"], "user_id", ["x1", "x2", "x3", "x4", "x5", "region"])
