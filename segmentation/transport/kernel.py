@@ -40,41 +40,73 @@ class PriceStats:
 
 
 def batch_rows(V: np.ndarray, p: np.ndarray, deltas: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """The rows (level, mask, vector) for one batch of users; V is n x K float64."""
+    """The rows (level, mask, vector) for one batch of users; V is n x K float64.
+
+    A user is fixed at level l when its gap (best minus second-best surplus) exceeds deltas[l].
+    The tolerance sets are nested, so the fixed sums of every level come from one joint bincount
+    over (band, first choice), where a user's band is the number of ladder tolerances below its
+    gap, summed over the bands above the level. Only the users ambiguous at the largest tolerance
+    are looked at again, level by level, for their candidate sets (grouped by a bincount over the
+    2^K masks when K <= 16, by ``np.unique`` beyond).
+    """
     n, K = V.shape
     W = V - p[None, :]
     arg = np.argmax(W, axis=1)
-    b = W[np.arange(n), arg]
+    idx = np.arange(n)
+    b = W[idx, arg]
     rows = [(GLOBAL, 0, np.concatenate([[float(n), float(b.sum())],
                                         np.bincount(arg, minlength=K).astype(np.float64)]))]
     if n == 0:
         return rows
+    deltas = np.asarray(deltas, dtype=np.float64)
+    L = len(deltas)
     if K > 1:
         W2 = W.copy()
-        W2[np.arange(n), arg] = -np.inf
+        W2[idx, arg] = -np.inf
         gap = b - W2.max(axis=1)
     else:
         gap = np.full(n, np.inf)
-    own = V[np.arange(n), arg]
+    own = V[idx, arg]
     bits = np.left_shift(np.int64(1), np.arange(K, dtype=np.int64))
+    ds = np.sort(deltas)
+    band = np.searchsorted(ds, gap, side="left")          # fixed at the sorted levels < band
+    key = band * K + arg
+    cnt_band = np.bincount(key, minlength=(L + 1) * K).reshape(L + 1, K)
+    vs_band = np.bincount(key, weights=own, minlength=(L + 1) * K).reshape(L + 1, K)
+    cnt_above = np.cumsum(cnt_band[::-1], axis=0)[::-1]      # [c] = users with band >= c
+    vs_above = np.cumsum(vs_band[::-1], axis=0)[::-1]
+    rank_of = np.searchsorted(ds, deltas, side="left")       # level -> its sorted position
+    amb_all = np.flatnonzero(band < L)                       # ambiguous at the largest tolerance
+    Va_all, Wa_all, ba_all, band_a = V[amb_all], W[amb_all], b[amb_all], band[amb_all]
+    small = K <= 16
     for level, delta in enumerate(deltas):
-        amb = gap <= delta
-        fixed = ~amb
-        cnt = np.bincount(arg[fixed], minlength=K)
-        vs = np.bincount(arg[fixed], weights=own[fixed], minlength=K)
+        r = int(rank_of[level])
+        cnt, vs = cnt_above[r + 1], vs_above[r + 1]
         for t in np.flatnonzero(cnt):
             vec = np.zeros(K + 1)
             vec[0] = cnt[t]
             vec[1 + t] = vs[t]
             rows.append((level, int(bits[t]), vec))
-        if amb.any():
-            Va, Wa, ba = V[amb], W[amb], b[amb]
-            masks = (Wa >= (ba - delta)[:, None]) @ bits
+        sel = band_a <= r
+        if not sel.any():
+            continue
+        Va, Wa, ba = Va_all[sel], Wa_all[sel], ba_all[sel]
+        masks = ((Wa >= (ba - delta)[:, None]) * bits).sum(axis=1)
+        if small:
+            mc = np.bincount(masks, minlength=1 << K)
+            uniq = np.flatnonzero(mc)
+            lookup = np.zeros(1 << K, dtype=np.int64)
+            lookup[uniq] = np.arange(len(uniq))
+            inv = lookup[masks]
+            m = mc[uniq].astype(np.float64)
+        else:
             uniq, inv = np.unique(masks, return_inverse=True)
             m = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-            sums = np.stack([np.bincount(inv, weights=Va[:, t], minlength=len(uniq)) for t in range(K)], axis=1)
-            for g, mask in enumerate(uniq):
-                rows.append((level, int(mask), np.concatenate([[m[g]], sums[g]])))
+        G = len(uniq)
+        sums = np.bincount((inv[:, None] * K + np.arange(K)[None, :]).ravel(), weights=Va.ravel(),
+                           minlength=G * K).reshape(G, K)
+        for g, mask in enumerate(uniq):
+            rows.append((level, int(mask), np.concatenate([[m[g]], sums[g]])))
     return rows
 
 
