@@ -242,6 +242,10 @@ class TransportConfig(_Section):
     sample_size: int = Field(20000, ge=0, description="users in the driver-side sample (by seeded hash of the "
                                                       "id) on which every dual solve is warm-started before "
                                                       "its exact solve on all users; 0: none")
+    search_on_sample: bool = Field(True, description="run the search for the offered sets on the sample "
+                                                     "first and start the search over all users from its "
+                                                     "sets (fewer passes; the plan is still refined and its "
+                                                     "gap certified on all users)")
 
     @model_validator(mode="after")
     def _limits(self):

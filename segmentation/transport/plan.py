@@ -111,12 +111,38 @@ class Decision:
     passes: int
     names: list
     sample_users: int | None = None
+    sample_search: dict | None = None      # what the search on the sample found (``sample_starts``)
+
+
+def sample_starts(sample: np.ndarray, scale: float, names: list[str], cfg, swap_candidates: int | None,
+                  max_rounds: int) -> tuple[dict, dict]:
+    """The whole search run in memory on the driver-side sample (limits rescaled to its users):
+    ({S: the sample's best set}, a summary for ``method``). Empty if the limits cannot be met on
+    the sample (its head counts round differently), in which case the search starts from greedy."""
+    try:
+        d = decide(numpy_runner(sample), len(sample), scale, names, cfg, swap_candidates, max_rounds)
+    except DataValidationError as e:
+        return {}, {"users": len(sample), "skipped": str(e)}
+    starts = {r.S: tuple(r.offered) for r in d.results if r.offered is not None}
+    return starts, {"users": len(sample), "passes_in_memory": d.passes,
+                    "sets": {str(S): [names[t] for t in A] for S, A in starts.items()}}
 
 
 def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: int | None = SWAP_CANDIDATES,
            max_rounds: int = MAX_ROUNDS) -> Decision:
-    """Run the searches for S = 1..max_treatments and the full-personalisation value on ``run``."""
+    """Run the searches for S = 1..max_treatments and the full-personalisation value on ``run``.
+
+    With ``cfg.search_on_sample`` and a driver-side sample smaller than the users (``run.sample``),
+    the searches first run in memory on the sample; the searches over all users then start from
+    the sample's sets (enumeration: solved first; otherwise instead of greedy) and refine them by
+    Lloyd + swap rounds on all users, so the plan is still checked against its neighbours on every
+    user and its gap certified there; only the dependent chain of the search is shortened.
+    """
     forced = _check_names(names, cfg)
+    sample = getattr(run, "sample", None)
+    starts, summary = {}, None
+    if getattr(cfg, "search_on_sample", False) and sample is not None and 0 < len(sample) < n:
+        starts, summary = sample_starts(sample, scale, names, cfg, swap_candidates, max_rounds)
     try:
         caps = capacities(list(names), n, cfg.min_share, cfg.max_share)     # per-treatment head counts
     except ValueError as e:
@@ -131,8 +157,8 @@ def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: in
         return (yield [Sets([tuple(range(len(names)))])])[0][0]
 
     rel_tol = max(10.0 * cfg.tol, 1e-12)
-    gens = [search(S, len(names), limits, cfg.exact_limit, swap_candidates, max_rounds, rel_tol)
-            for S in range(1, cfg.max_treatments + 1)] + [full()]
+    gens = [search(S, len(names), limits, cfg.exact_limit, swap_candidates, max_rounds, rel_tol,
+                   start=starts.get(S)) for S in range(1, cfg.max_treatments + 1)] + [full()]
     out, passes = run_searches(gens, run, scale, cfg.tol)
     results, full_value = out[:-1], float(out[-1])
     feasible = [r for r in results if r.offered is not None]
@@ -143,7 +169,7 @@ def decide(run, n: int, scale: float, names: list[str], cfg, swap_candidates: in
     top = max(r.value for r in feasible)
     best = next(r for r in feasible if r.value >= top - 10 * rel_tol * max(abs(top), 1e-300))
     return Decision(best=best, results=results, full_value=full_value, passes=passes, names=list(names),
-                    sample_users=None if getattr(run, "sample", None) is None else len(run.sample))
+                    sample_users=None if sample is None else len(sample), sample_search=summary)
 
 
 def _curve(d: Decision) -> list[dict]:
@@ -160,7 +186,8 @@ def _curve(d: Decision) -> list[dict]:
 def _method(d: Decision, final_passes: int) -> dict:
     m = dict(d.best.method)
     m.update(passes=d.passes + final_passes, price_updates=d.best.result.iterations,
-             capacity_aware=True, sample_users=d.sample_users, per_S=[r.method for r in d.results])
+             capacity_aware=True, sample_users=d.sample_users, sample_search=d.sample_search,
+             per_S=[r.method for r in d.results])
     return m
 
 

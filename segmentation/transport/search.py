@@ -179,9 +179,18 @@ def lloyd_choice(cols: Sequence[int], mass: np.ndarray, W: np.ndarray, limits: L
 
 
 def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: int | None,
-           max_rounds: int, rel_tol: float):
-    """The search for one S, as a generator of request lists (see module docstring)."""
+           max_rounds: int, rel_tol: float, start: tuple | None = None):
+    """The search for one S, as a generator of request lists (see module docstring).
+
+    ``start``: a set found by the same search on a sample of the users (``plan.decide``). With
+    enumeration it is solved first (the best incumbent early prunes the most; the result is still
+    exact); otherwise it replaces the greedy set and the Lloyd + swap rounds run from it.
+    """
     forced = limits.forced
+    if start is not None:
+        start = tuple(sorted(int(t) for t in start))
+        if len(start) != S or limits.caps(start) is None:
+            start = None
     free = [t for t in range(n_T) if t not in forced]
     k = S - len(forced)
     method = {"S": S, "sets_solved": 0, "set_values": 0, "lloyd_steps": 0, "swaps": 0,
@@ -201,6 +210,10 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
         fv = (yield [Sets([A for A, _ in feasible])])[0]
         method["set_values"] += len(feasible)
         order = [int(j) for j in np.argsort(-fv, kind="stable")]
+        if start is not None:
+            first = [j for j in order if feasible[j][0] == start]
+            order = first + [j for j in order if feasible[j][0] != start]
+            method["sample_set"] = list(start)
         best, best_r, best_A = -math.inf, None, None
         batch = max(1, swap_candidates or len(order))
         while order:
@@ -218,9 +231,9 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
         method["objective"].append(best)
         return SearchResult(S, best_A, best_r, best, method)
 
-    # greedy on F, keeping the set completable under the upper limits
-    method["initial"] = "greedy"
-    chosen = list(forced)
+    # greedy on F, keeping the set completable under the upper limits (or the sample's set)
+    method["initial"] = "greedy" if start is None else "sample"
+    chosen = list(forced) if start is None else list(start)
     if not limits.completable(chosen, S):
         return SearchResult(S, None, None, -math.inf, method)
     while len(chosen) < S:
@@ -234,7 +247,7 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
     method["sets_solved"] += 1
     cur = set_value(r)
     method["objective"].append(cur)
-    method["greedy_set"] = list(A)
+    method["greedy_set" if start is None else "sample_set"] = list(A)
     seen = {A}
     for _ in range(max_rounds):
         thr = rel_tol * max(abs(cur), 1e-300)
@@ -254,7 +267,9 @@ def search(S: int, n_T: int, limits: Limits, exact_limit: int, swap_candidates: 
         if cand:
             fv = got[1]
             method["set_values"] += len(cand)
-            order = np.argsort(-fv, kind="stable")
+            # G <= F: a neighbour whose capacity-free value does not beat the current set cannot
+            order = [j for j in np.argsort(-fv, kind="stable") if fv[j] > cur + thr]
+            method["swaps_pruned"] = method.get("swaps_pruned", 0) + len(cand) - len(order)
             top = [cand[j] for j in order[:swap_candidates or len(cand)] if cand[j][2] != new or not kinds]
             solves += [Solve(c[2], limits.caps(c[2]), _warm(r.plan.prices, A, c[2], {c[1]: c[0]})) for c in top]
             kinds += ["swap"] * len(top)

@@ -241,6 +241,52 @@ def test_sample_warm_start_keeps_the_plan_exact(seed):
     assert cold.method["sample_users"] is None
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_on_sample_stays_exact_with_enumeration(seed):
+    """Enumeration started from the sample's set (solved first) still finds the best set of every S
+    on all users (each set checked by an exact LP), with no more passes than without the sample."""
+    V = instance(seed, n=900, k=6)
+    cfg = dict(max_treatments=3, sample_size=300, **CAPPED)
+    plan = plan_numpy(V, names(6), TransportConfig(**cfg))
+    off = plan_numpy(V, names(6), TransportConfig(**cfg, search_on_sample=False))
+    summary = plan.method["sample_search"]
+    assert summary["users"] == pytest.approx(300, abs=80) and set(summary["sets"]) == {"1", "2", "3"}
+    assert off.method["sample_search"] is None
+    for row in plan.curve:
+        best, _ = brute(V, TransportConfig(**cfg), row["S"])
+        assert row["search"] == "exact" and row["value"] == pytest.approx(best, rel=1e-6)
+    assert plan.method["passes"] <= off.method["passes"]
+    assert_capacities(plan, len(V))
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_search_on_sample_refines_on_all_users(seed):
+    """Greedy + Lloyd + swaps run on the sample; the search over all users starts from its set and
+    checks every swap neighbour: no neighbour beats the plan on all users (exact LP per set), the
+    value is near the exhaustive optimum, and it took fewer passes than the search from greedy."""
+    V = instance(seed, n=900, k=7)
+    cfg = TransportConfig(max_treatments=3, exact_limit=0, sample_size=300, **CAPPED)
+    plan = plan_numpy(V, names(7), cfg, swap_candidates=None)
+    greedy = plan_numpy(V, names(7), TransportConfig(**{**cfg.model_dump(), "search_on_sample": False}),
+                        swap_candidates=None)
+    m = plan.method["per_S"][-1]
+    assert m["initial"] == "sample" and len(m["sample_set"]) == 3
+    assert greedy.method["per_S"][-1]["initial"] == "greedy"
+    A = [names(7).index(t) for t in plan.offered]
+    n = len(V)
+    for a in A:
+        if a == 5:                                     # forced (positive min_share)
+            continue
+        for b in set(range(7)) - set(A):
+            B = sorted(b if x == a else x for x in A)
+            c = capacities([f"t{t}" for t in B], n, cfg.min_share, cfg.max_share)
+            assert exact_lp(V[:, B], c.lower, c.upper) <= plan.total_value * (1 + 1e-6)
+    best, _ = brute(V, cfg, 3)
+    assert plan.total_value <= best * (1 + 1e-6) and plan.total_value >= 0.98 * best
+    assert plan.method["passes"] < greedy.method["passes"]
+    assert_capacities(plan, n)
+
+
 def test_spark_sample_equals_numpy_sample(table):
     from segmentation.transport.passes import numpy_sample, spark_sample
 
