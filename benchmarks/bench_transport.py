@@ -78,6 +78,9 @@ VARIANTS = {
     "multi-point": dict(RADII=(0.125, 1.0, 8.0), NEWTON=True, WARM_BOX=1.0 / 64, sample=False),
     # the same, every dual solve first solved on a driver-side sample of --sample-size users
     "multi+sample": dict(RADII=(0.125, 1.0, 8.0), NEWTON=True, WARM_BOX=1.0 / 64, sample=True),
+    # the same, and the search itself first run in memory on the sample (transport.search_on_sample):
+    # the searches over all users start from the sample's sets instead of greedy
+    "sample-search": dict(RADII=(0.125, 1.0, 8.0), NEWTON=True, WARM_BOX=1.0 / 64, sample=True, search=True),
 }
 
 
@@ -99,7 +102,8 @@ def run_one(spark, n, args, variant="multi-point"):
     min_share, max_share = limits(names, mu)
     cfg = TransportConfig(max_treatments=args.S, min_share=min_share, max_share=max_share,
                           seed=args.seed, tol=args.tol, exact_limit=args.exact_limit,
-                          sample_size=args.sample_size if VARIANTS[variant]["sample"] else 0)
+                          sample_size=args.sample_size if VARIANTS[variant]["sample"] else 0,
+                          search_on_sample=VARIANTS[variant].get("search", False))
     import segmentation.transport.plan as plan_module
 
     pass_s = []
