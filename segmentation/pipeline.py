@@ -330,9 +330,14 @@ def staging_dir(final_dir: str) -> str:
     with the permissions of a directory made normally (``mkdtemp`` makes it 0700, which the
     published model directory would keep: unreadable to anyone but the scheduler's user).
     It holds this process's owner record (``ownership.OWNER_FILE``, dropped by ``publish_dir``),
-    so a later run removes it if this one is killed (``ownership.sweep_staging_dirs``)."""
+    so a later run removes it if this one is killed: every call first sweeps the staging
+    directories of dead runs in the same parent (``ownership.sweep_staging_dirs``: never a live
+    run's, nor one younger than the grace period), so each writer tidies where it writes."""
+    from segmentation import ownership
+
     parent = os.path.dirname(os.path.abspath(final_dir)) or "."
     os.makedirs(parent, exist_ok=True)
+    ownership.sweep_staging_dirs(parent, ownership.DEFAULT_GRACE_SECONDS)
     path = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
     os.chmod(path, 0o777 & ~_umask())
     write_owner(path)

@@ -134,16 +134,16 @@ def _replace_local_partition(df, path: str, day: _dt.date) -> None:
     reader or a crash in between sees the date missing). An empty result leaves an empty
     partition: the date's rows are replaced by none."""
     import shutil
-    import uuid
 
     from segmentation.atomic import replace_dir
+    from segmentation.pipeline import staging_dir
 
     part = f"{RUN_DATE_COL}={day.isoformat()}"
     os.makedirs(path, exist_ok=True)
-    stage = os.path.join(path, f".{part}.stage-{uuid.uuid4().hex[:8]}")
+    stage = staging_dir(os.path.join(path, part))    # hidden, with an owner record (swept if killed)
     try:
-        df.write.mode("errorifexists").partitionBy(RUN_DATE_COL).parquet(stage)
-        written = os.path.join(stage, part)
+        df.write.mode("errorifexists").partitionBy(RUN_DATE_COL).parquet(os.path.join(stage, "data"))
+        written = os.path.join(stage, "data", part)
         os.makedirs(written, exist_ok=True)
         replace_dir(written, os.path.join(path, part))
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import uuid
 
 from segmentation.atomic import replace_dir
 from segmentation.data.encode import Encoding, col_ref
@@ -136,12 +135,14 @@ def write_parquet_atomic(df, path: str) -> None:
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.startswith("file://"):
         df.write.mode("overwrite").parquet(path)
         return
+    from segmentation.pipeline import staging_dir
+
     local = path.removeprefix("file://")
     final = os.path.abspath(local)
-    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    stage = staging_dir(final)          # beside final, with an owner record: swept if we are killed
     try:
+        tmp = os.path.join(stage, "data")
         df.write.parquet(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -253,3 +253,53 @@ def test_the_next_fit_removes_what_a_sigkilled_fit_left(small_campaign, tmp_path
     assert sorted(os.listdir(models)) == sorted(
         ["d", os.path.basename(live.made["staging"]), os.path.basename(live.made["checkpoint"])])
     assert os.listdir(tmp) == [os.path.basename(live.made["package"])]
+
+
+STAGER = r"""
+import sys, time
+from segmentation.pipeline import staging_dir
+print(staging_dir(sys.argv[1]), flush=True)
+time.sleep(600)
+"""
+
+
+def _stager(final: str):
+    proc = subprocess.Popen([sys.executable, "-c", STAGER, final], stdout=subprocess.PIPE, text=True)
+    path = proc.stdout.readline().strip()
+    assert path, f"stager ended (exit {proc.wait()})"
+    return proc, path
+
+
+def test_every_writer_sweeps_dead_staging_where_it_writes(spark, tmp_path, monkeypatch):
+    """A Parquet output (``write_parquet_atomic``) and a run-date partition (``write_output``)
+    stage under ``pipeline.staging_dir`` with an owner record; a killed writer's staging beside
+    them is removed by the next writer there, a live writer's is not, and none of the writers
+    leaves its own."""
+    from segmentation import ownership
+    from segmentation.data.write import write_output
+    from segmentation.policy.assign import write_parquet_atomic
+
+    monkeypatch.setattr(ownership, "DEFAULT_GRACE_SECONDS", 0.0)
+    out, daily = str(tmp_path / "assign"), str(tmp_path / "daily")
+    procs = []
+    try:
+        dead_out = _stager(out)
+        dead_day = _stager(os.path.join(daily, "run_date=2026-01-01"))
+        live = _stager(out)
+        procs = [dead_out[0], dead_day[0], live[0]]
+        for proc in procs[:2]:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        write_parquet_atomic(spark.range(3), out)
+        write_output(spark.range(2), daily, "parquet", run_date="2026-01-02")
+        assert not os.path.exists(dead_out[1]) and not os.path.exists(dead_day[1])
+        assert os.path.isdir(live[1])                                    # its owner lives
+        assert sorted(os.listdir(tmp_path)) == sorted(["assign", "daily", os.path.basename(live[1])])
+        assert os.listdir(daily) == ["run_date=2026-01-02"]
+        assert spark.read.parquet(out).count() == 3
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            proc.stdout.close()
