@@ -503,8 +503,9 @@ SCAN_SUMMARY_SCHEMA = ("partition int, file string, n_rows long, n_features int,
 
 
 def _batch_stats(v: np.ndarray, nulls: np.ndarray | None):
-    """(null, nonfinite, min, max, mean, m2) per column of one batch ``v`` (rows x m), with
-    min/max over the valid (non-null, finite) values only (+inf/-inf when there are none)."""
+    """(null, nonfinite, min, max, mean, m2) per column of one batch ``v`` (rows x m, nulls
+    read as NaN; ``nulls`` their per-column counts, None when there are none), with min/max
+    over the valid (non-null, finite) values only (+inf/-inf when there are none)."""
     m = v.shape[1]
     if v.shape[0] == 0 or m == 0:
         z = np.zeros(m)
@@ -517,7 +518,7 @@ def _batch_stats(v: np.ndarray, nulls: np.ndarray | None):
         z = np.zeros(m)
         return z, z, mn, mx, mean, m2
     valid = np.isfinite(v)
-    null = np.zeros(m) if nulls is None else nulls.sum(axis=0).astype(np.float64)
+    null = np.zeros(m) if nulls is None else np.asarray(nulls, dtype=np.float64)
     nonfinite = (~valid).sum(axis=0) - null
     mn = np.where(valid, v, np.inf).min(axis=0)
     mx = np.where(valid, v, -np.inf).max(axis=0)
@@ -538,17 +539,66 @@ def merge_moments(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean, m2
 
 
-def scan_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int):
-    """All Arrow batches of one partition of ``validate.scan_frame`` -> (X with intercept,
-    y, creative, fold, stats vector, clean), or None for an empty partition.
+_SCAN_X0 = 4            # index of the first feature column (x0) in ``validate.scan_frame``
+
+
+def _batch_features(batch, m: int):
+    """(v, nulls) of one Arrow batch of ``scan_frame``: ``v`` the (rows x m) float64 matrix of
+    the feature columns ``x0..x{m-1}`` (row-major, assembled in numpy; a null reads as NaN) and
+    ``nulls`` the per-column null counts (float64)."""
+    import pyarrow as pa
+
+    nb = batch.num_rows
+    v = np.empty((nb, m), dtype=np.float64)
+    nulls = np.zeros(m)
+    for j in range(m):
+        col = batch.column(_SCAN_X0 + j)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if col.null_count:
+            nulls[j] = col.null_count
+            col = col.fill_null(float("nan"))        # a null must read as NaN, whatever Arrow does
+        v[:, j] = col.to_numpy(zero_copy_only=False)
+    return v, nulls
+
+
+class ScanParts:
+    """One partition of the fused scan, as read: the per-batch feature matrices ``xs`` (raw,
+    without the intercept), ``y`` (float64 0/1, -1 for a bad response), ``creative`` and
+    ``fold`` (int64), the statistics vector ``stats`` and ``clean`` (no invalid row)."""
+
+    def __init__(self, xs, y, creative, fold, stats, clean, m):
+        self.xs, self.y, self.creative, self.fold = xs, y, creative, fold
+        self.stats, self.clean, self.m = stats, clean, m
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.y)
+
+    def design(self) -> np.ndarray:
+        """The (n, 1 + m) design with the intercept, rows in input order (frees ``xs``)."""
+        X = np.empty((self.n_rows, self.m + 1), dtype=np.float64)
+        X[:, 0] = 1.0
+        start = 0
+        while self.xs:
+            part = self.xs.pop(0)
+            X[start:start + len(part), 1:] = part
+            start += len(part)
+        return X
+
+
+def scan_batches(batches, *, n_stats: int, n_creatives: int, n_folds: int):
+    """All Arrow batches of one partition of ``validate.scan_frame`` -> :class:`ScanParts`, or
+    None for an empty partition.
 
     Columns: ``y`` (int8: 1/0, -1 for a response that is null or not 0/1), ``c`` (int32
     creative index, -1 for a creative with no index, -2 for null), ``f`` (int32 fold), ``nu``
-    (user is null), ``x`` (list<double>: the raw features, the first ``n_stats`` of them the
-    numeric covariates whose statistics are measured). ``clean`` is False when any row is
-    invalid (then the caller builds no block). Statistics are per batch, merged in batch order
-    (deterministic for a given partition)."""
-    import pyarrow as pa
+    (user is null), then the raw features as double columns ``x0..``, the first ``n_stats`` of
+    them the numeric covariates whose statistics are measured (null and NaN/infinite counts,
+    min and max over the finite values, mean and sum of squared deviations), the others the
+    categorical indicators (checked finite). Each batch becomes one row-major float64 matrix
+    (the Arrow batch itself is released: one copy of the features is kept). Statistics are
+    per batch, merged in batch order (deterministic for a given partition)."""
     import pyarrow.compute as pc
 
     xs, ys, cs, fs = [], [], [], []
@@ -561,25 +611,14 @@ def scan_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int):
         nb = batch.num_rows
         if nb == 0:
             continue
-        arr = batch.column(4)
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        flat = arr.flatten()
-        width = len(flat) // nb if nb else 0
         if m is None:
-            m = width
+            m = batch.num_columns - _SCAN_X0
             null, nonfinite = np.zeros(n_stats), np.zeros(n_stats)
             mn, mx = np.full(n_stats, np.inf), np.full(n_stats, -np.inf)
             mean, m2 = np.zeros(n_stats), np.zeros(n_stats)
-        v = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(nb, m)
-        nulls = None
-        if flat.null_count:
-            nulls = flat.is_null().to_numpy(zero_copy_only=False).reshape(nb, m)
-            if not np.isnan(v[nulls]).all():        # make sure a null reads as NaN
-                v = v.copy()
-                v[nulls] = np.nan
-            nulls = nulls[:, :n_stats]
-        b_null, b_nonf, b_mn, b_mx, b_mean, b_m2 = _batch_stats(v[:, :n_stats], nulls)
+        v, nulls = _batch_features(batch, m)
+        b_null, b_nonf, b_mn, b_mx, b_mean, b_m2 = _batch_stats(
+            v[:, :n_stats], nulls[:n_stats] if nulls[:n_stats].any() else None)
         null += b_null
         nonfinite += b_nonf
         np.minimum(mn, b_mn, out=mn)
@@ -590,30 +629,74 @@ def scan_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int):
         cs.append(batch.column(1).to_numpy(zero_copy_only=False))
         fs.append(batch.column(2).to_numpy(zero_copy_only=False))
         null_user += int(pc.sum(batch.column(3)).as_py() or 0)
+        del batch
     if not ys:
         return None
     n = sum(len(y) for y in ys)
     y8 = np.concatenate(ys).astype(np.int8, copy=False)
     creative = np.concatenate(cs).astype(np.int64, copy=False)
     fold = np.concatenate(fs).astype(np.int64, copy=False)
-    X = np.empty((n, m + 1), dtype=np.float64)
-    X[:, 0] = 1.0
-    start = 0
-    for part in xs:
-        X[start:start + len(part), 1:] = part
-        start += len(part)
-    del xs
     bad_response = int((y8 < 0).sum())
     null_creative = int((creative == -2).sum())
     unknown = int((creative == -1).sum())
     bad_fold = int(((fold < 0) | (fold >= n_folds)).sum())
     bad_x = bool(null.any() or nonfinite.any())
     if m > n_stats and not bad_x:                  # indicator columns: never null, but check
-        bad_x = not np.isfinite(X[:, 1 + n_stats:]).all()
+        bad_x = not all(np.isfinite(v[:, n_stats:]).all() for v in xs)
     clean = not (bad_response or null_creative or unknown or null_user or bad_fold or bad_x)
     head = np.array([n, bad_response, null_creative, unknown, null_user], dtype=np.float64)
     stats = np.concatenate([head, null, nonfinite, mn, mx, mean, m2])
-    return X, y8.astype(np.float64), creative, fold, stats, clean
+    return ScanParts(xs, y8.astype(np.float64), creative, fold, stats, clean, m)
+
+
+def scan_partition(batches, *, n_stats: int, n_creatives: int, n_folds: int):
+    """:func:`scan_batches` as (X with intercept, y, creative, fold, stats vector, clean), or
+    None for an empty partition. ``clean`` is False when any row is invalid (then the caller
+    builds no block)."""
+    parts = scan_batches(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
+    if parts is None:
+        return None
+    X = parts.design()
+    return X, parts.y, parts.creative, parts.fold, parts.stats, parts.clean
+
+
+def save_sorted_block(parts: ScanParts, path: str, *, n_creatives: int, n_folds: int) -> int:
+    """Write ``parts`` as the block ``save_block(make_block(parts.design(), ...), path)`` would
+    (the same files, bit for bit), without the two in-memory copies of the design: the rows
+    are scattered from the per-batch matrices straight into the memory-mapped ``X.npy`` in
+    (creative, fold) order. Atomic like ``save_block`` (temporary directory, then rename).
+    Frees ``parts.xs``; returns the number of rows."""
+    from segmentation.data.blocks import _ARRAYS, make_block
+
+    n, p = parts.n_rows, parts.m + 1
+    small = make_block(np.empty((n, 0)), parts.y, parts.creative, parts.fold,
+                       n_creatives=n_creatives, n_folds=n_folds)
+    key = parts.creative * n_folds + parts.fold      # make_block's key and stable order
+    order = np.argsort(key, kind="stable")
+    dest = np.empty(n, dtype=np.int64)
+    dest[order] = np.arange(n, dtype=np.int64)       # row i of the input goes to dest[i]
+    del order, key
+    tmp = f"{path}.tmp-{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    X = np.lib.format.open_memmap(os.path.join(tmp, "X.npy"), mode="w+", dtype=np.float64,
+                                  shape=(n, p))
+    X[:, 0] = 1.0
+    start = 0
+    while parts.xs:
+        part = parts.xs.pop(0)
+        X[dest[start:start + len(part)], 1:] = part
+        start += len(part)
+        del part
+    X.flush()
+    del X
+    for name in _ARRAYS:
+        if name != "X":
+            np.save(os.path.join(tmp, f"{name}.npy"), getattr(small, name))
+    np.save(os.path.join(tmp, "shape.npy"), np.array([n_creatives, n_folds], dtype=np.int64))
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return n
 
 
 def scan_counts(y, creative, fold, *, n_creatives: int, n_folds: int):
@@ -628,35 +711,33 @@ def scan_counts(y, creative, fold, *, n_creatives: int, n_folds: int):
 
 
 def _scan_write_partition(batches, *, tmp_dir: str, n_stats: int, n_creatives: int, n_folds: int):
-    """mapInArrow task of the fused scan, file store: one raw block file + one summary row."""
+    """mapInArrow task of the fused scan, file store: one raw block file + one summary row.
+    The rows go from the per-batch matrices straight into the sorted file
+    (:func:`save_sorted_block`): per partition one in-memory copy of the features instead of
+    three (input-order design, sorted design, then the file)."""
     import pyarrow as pa
     from pyspark import TaskContext
 
-    from segmentation.data.blocks import make_block, save_block
-
     pid = TaskContext.get().partitionId()
-    res = scan_partition(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
-    if res is None:
+    parts = scan_batches(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
+    if parts is None:
         return
-    X, y, creative, fold, stats, clean = res
-    del res                                          # so that ``del X`` frees the unsorted copy
-    p = X.shape[1]
-    counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+    p = parts.m + 1
+    counts, positives = scan_counts(parts.y, parts.creative, parts.fold, n_creatives=n_creatives,
+                                    n_folds=n_folds)
     file = ""
-    if clean:
-        block = make_block(X, y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
-        del X
+    if parts.clean:
         file = f"block-{pid:05d}.npz"
-        save_block(block, os.path.join(tmp_dir, file))
-        del block
+        save_sorted_block(parts, os.path.join(tmp_dir, file), n_creatives=n_creatives,
+                          n_folds=n_folds)
     yield pa.RecordBatch.from_pydict({
         "partition": pa.array([pid], pa.int32()),
         "file": pa.array([file], pa.string()),
-        "n_rows": pa.array([len(y)], pa.int64()),
-        "n_features": pa.array([p if clean else 0], pa.int32()),
+        "n_rows": pa.array([parts.n_rows], pa.int64()),
+        "n_features": pa.array([p if parts.clean else 0], pa.int32()),
         "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
         "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
-        "stats": pa.array([stats.tobytes()], pa.binary()),
+        "stats": pa.array([parts.stats.tobytes()], pa.binary()),
     })
 
 

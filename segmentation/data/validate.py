@@ -534,8 +534,14 @@ def scan_frame(df, *, user_col: str, creative_col: str, response_col: str, covar
     """The narrow frame the fused scan reads: ``y`` (int8: 1 positive, 0 negative, -1 when the
     response is null or not 0/1, the rule of :func:`validate_exposures`), ``c`` (int creative
     index in ``creatives``; -1 for a creative not in the list, -2 for null), ``f`` (fold,
-    ``folds.fold_expression``), ``nu`` (user is null) and ``x`` (array<double>: each numeric
-    covariate cast to double, then one 0/1 indicator per categorical level of ``levels``)."""
+    ``folds.fold_expression``), ``nu`` (user is null), then the features as plain double
+    columns ``x0, x1, ...``: each numeric covariate cast to double (null stays null), then one
+    0/1 indicator per categorical level of ``levels``.
+
+    Plain columns rather than one ``array<double>``: Spark writes them into Arrow column by
+    column (no per-row array to build and no list offsets), and the task assembles the rows in
+    numpy per batch (``blockstore.scan_partition``). Measured 100k rows x 2,000 covariates and
+    1M x 50, local[2]: see ``benchmarks/results/prepare_scan.md``."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -562,10 +568,10 @@ def scan_frame(df, *, user_col: str, creative_col: str, response_col: str, covar
     for v in categorical:
         s = col_ref(v).cast("string")
         xs += [F.when(s == F.lit(level), F.lit(1.0)).otherwise(F.lit(0.0)) for level in (levels or {}).get(v, [])]
-    x = F.array(*xs) if xs else F.array().cast("array<double>")
     return df.select(y.alias("y"), c.alias("c"),
                      fold_expression(user_col, n_folds, seed).cast("int").alias("f"),
-                     col_ref(user_col).isNull().alias("nu"), x.alias("x"))
+                     col_ref(user_col).isNull().alias("nu"),
+                     *[e.alias(f"x{j}") for j, e in enumerate(xs)])
 
 
 def count_users(df, user_col: str) -> int:
@@ -619,9 +625,11 @@ def _shuffle_partitions_at_most(spark, per_core: int):
 
 
 # Rows per Arrow batch sent to the fused scan's tasks: about this many bytes of features per
-# batch (Spark's default of 10,000 rows makes small batches at 50 covariates; measured 1M rows
-# x 50, local[2]: the conversion took 20-30% less time with 100,000-row batches), never fewer
-# rows than the session's setting, never more than 100,000.
+# batch, between 1,024 and 100,000 rows. Spark's default of 10,000 rows makes small batches at
+# 50 covariates (measured 1M rows x 50, local[2]: the conversion took 20-30% less time with
+# 100,000-row batches) and 160 MB ones at 2,000 covariates (held twice per task, as Arrow in
+# the JVM and as numpy in the Python worker): the rows adapt to the width. An unlimited
+# setting (<= 0) is left alone.
 _SCAN_BATCH_BYTES = 32 << 20
 
 
@@ -630,7 +638,7 @@ def _arrow_batch_rows(spark, width: int):
         cur = int(old or 10000)
         if cur <= 0:                       # unlimited already
             return None
-        rows = min(100_000, max(cur, _SCAN_BATCH_BYTES // (8 * max(int(width), 1))))
+        rows = min(100_000, max(1024, _SCAN_BATCH_BYTES // (8 * max(int(width), 1))))
         return str(rows) if rows != cur else None
     return _session_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", choose)
 
@@ -681,7 +689,8 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     ``write_blocks``/``cache_blocks`` of ``Encoding.feature_columns`` given that encoding.
 
     Spark jobs: the distinct user count (a shuffle of the user ids only), one ``mapInArrow``
-    over ``scan_frame`` in which each task measures its rows (counts per creative and fold,
+    over ``scan_frame`` (plain columns; the task assembles each Arrow batch into a row-major
+    numpy matrix, a null read as NaN) in which each task measures its rows (counts per creative and fold,
     positives, bad responses, null/unknown creatives, null users, per covariate null and
     NaN/infinite counts, min, max, mean and sum of squared deviations) and turns them into raw
     (unstandardised) sorted blocks held by ``sink`` (``blockstore.FileSink`` or

@@ -216,10 +216,14 @@ def test_too_many_levels_falls_back(spark, exposures_df, validate_kwargs, tmp_pa
 def test_scan_frame_codes(spark):
     rows = [("u1", "a", 1, 1.0), ("u2", "b", 0, 2.0), (None, None, 2, None), ("u4", "zz", None, 4.0)]
     df = spark.createDataFrame(rows, "u string, cr string, y long, x double")
-    got = scan_frame(df, user_col="u", creative_col="cr", response_col="y", covariates=["x"],
-                     creatives=["a", "b"]).collect()
-    assert [(r["y"], r["c"], r["f"], r["nu"], r["x"]) for r in got] == [
-        (1, 0, 0, False, [1.0]), (0, 1, 0, False, [2.0]), (-1, -2, 0, True, [None]), (-1, -1, 0, False, [4.0])]
+    frame = scan_frame(df, user_col="u", creative_col="cr", response_col="y", covariates=["x"],
+                       creatives=["a", "b"])
+    # plain columns (no array, no struct): the features are x0, x1, ... after y, c, f, nu
+    assert [(f.name, f.dataType.simpleString()) for f in frame.schema.fields] == [
+        ("y", "tinyint"), ("c", "int"), ("f", "int"), ("nu", "boolean"), ("x0", "double")]
+    got = frame.collect()
+    assert [tuple(r) for r in got] == [
+        (1, 0, 0, False, 1.0), (0, 1, 0, False, 2.0), (-1, -2, 0, True, None), (-1, -1, 0, False, 4.0)]
 
 
 def test_conf_restored(spark, exposures_df, validate_kwargs, tmp_path):
@@ -227,3 +231,103 @@ def test_conf_restored(spark, exposures_df, validate_kwargs, tmp_path):
     before = {k: spark.conf.get(k, None) for k in keys}
     (_, _, man), _ = _fused(spark, exposures_df, validate_kwargs, "files", tmp_path)
     assert {k: spark.conf.get(k, None) for k in keys} == before
+
+
+# ----------------------------------------------------------------------------- plain columns
+def _scan_batches_of(X, y, creative, fold, null_user=None, batch_rows=7):
+    """Arrow batches laid out as validate.scan_frame's (y, c, f, nu, x0..), X with NaN for
+    null: each NaN of ``X`` listed in ``nulls`` becomes an Arrow null."""
+    import pyarrow as pa
+
+    n, m = X.shape
+    nu = np.zeros(n, dtype=bool) if null_user is None else null_user
+    out = []
+    for a in range(0, n, batch_rows):
+        b = min(n, a + batch_rows)
+        cols = [pa.array(y[a:b].astype(np.int8)), pa.array(creative[a:b].astype(np.int32)),
+                pa.array(fold[a:b].astype(np.int32)), pa.array(nu[a:b])]
+        cols += [pa.array(X[a:b, j], mask=np.isnan(X[a:b, j]) & (np.arange(a, b) % 2 == 0))
+                 for j in range(m)]
+        out.append(pa.RecordBatch.from_arrays(cols, ["y", "c", "f", "nu"] + [f"x{j}" for j in range(m)]))
+    return out
+
+
+def test_save_sorted_block_is_save_block_of_make_block(tmp_path):
+    from segmentation.data.blocks import _ARRAYS, make_block, save_block
+    from segmentation.data.blockstore import save_sorted_block, scan_batches, scan_partition
+
+    rng = np.random.default_rng(5)
+    n, m, K, Fn = 103, 6, 4, 3
+    X = rng.normal(size=(n, m))
+    y, c, f = rng.integers(0, 2, n), rng.integers(0, K, n), rng.integers(0, Fn, n)
+    batches = _scan_batches_of(X, y, c, f, batch_rows=10)
+    X1, y1, c1, f1, _, clean = scan_partition(iter(batches), n_stats=4, n_creatives=K, n_folds=Fn)
+    assert clean
+    np.testing.assert_array_equal(X1[:, 1:], X)
+    assert (X1[:, 0] == 1).all()
+    save_block(make_block(X1, y1, c1, f1, n_creatives=K, n_folds=Fn), str(tmp_path / "a"))
+    parts = scan_batches(iter(batches), n_stats=4, n_creatives=K, n_folds=Fn)
+    assert save_sorted_block(parts, str(tmp_path / "b"), n_creatives=K, n_folds=Fn) == n
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"] and not parts.xs
+    for name in _ARRAYS + ("shape",):
+        a = (tmp_path / "a" / f"{name}.npy").read_bytes()
+        assert a == (tmp_path / "b" / f"{name}.npy").read_bytes(), name
+
+
+def test_scan_batches_nulls_nonfinite_and_moments_over_batches():
+    from segmentation.data.blockstore import STAT_COLS, STAT_HEAD, scan_batches, scan_partition
+
+    rng = np.random.default_rng(6)
+    n, m = 50, 4
+    X = 1e6 + rng.normal(size=(n, m))
+    y, c, f = rng.integers(0, 2, n), rng.integers(0, 3, n), np.zeros(n, dtype=int)
+    clean = scan_batches(iter(_scan_batches_of(X, y, c, f, batch_rows=50)), n_stats=3,
+                         n_creatives=3, n_folds=1)
+    split = scan_batches(iter(_scan_batches_of(X, y, c, f, batch_rows=6)), n_stats=3,
+                         n_creatives=3, n_folds=1)
+    h = len(STAT_HEAD)
+    for parts in (clean, split):
+        st = dict(zip(STAT_COLS, parts.stats[h:].reshape(len(STAT_COLS), 3)))
+        assert parts.clean and parts.stats[0] == n
+        np.testing.assert_allclose(st["mean"], X[:, :3].mean(axis=0), rtol=1e-15)
+        np.testing.assert_allclose(st["m2"], ((X[:, :3] - X[:, :3].mean(axis=0)) ** 2).sum(axis=0),
+                                   rtol=1e-9)
+        np.testing.assert_array_equal(st["min"], X[:, :3].min(axis=0))
+    # column 1: a null (even row) and a NaN (odd row); column 2: +inf and -inf; column 3 (an
+    # indicator, not measured) a NaN: every kind is counted for its own column, nothing else
+    Xb = X.copy()
+    Xb[[10, 11], 1] = np.nan
+    Xb[3, 2], Xb[40, 2] = np.inf, -np.inf
+    Xb[21, 3] = np.nan
+    X1, *_, stats, ok = scan_partition(iter(_scan_batches_of(Xb, y, c, f, batch_rows=6)), n_stats=3,
+                                      n_creatives=3, n_folds=1)
+    assert not ok
+    st = dict(zip(STAT_COLS, stats[h:].reshape(len(STAT_COLS), 3)))
+    assert st["null"].tolist() == [0, 1, 0] and st["nonfinite"].tolist() == [0, 1, 2]
+    assert np.isnan(X1[[10, 11], 2]).all()                    # a null reads as NaN
+    assert st["max"][2] == np.delete(X[:, 2], [3, 40]).max()  # finite values only
+    # an indicator column that is not finite makes the partition unclean by itself
+    Xc = X.copy()
+    Xc[7, 3] = np.inf
+    assert not scan_batches(iter(_scan_batches_of(Xc, y, c, f)), n_stats=3, n_creatives=3,
+                            n_folds=1).clean
+
+
+def test_scan_frame_plain_indicator_columns(spark):
+    rows = [("u1", "a", 1, 1.5, "n"), ("u2", "b", 0, 2.0, "s"), ("u3", "a", 0, 3.0, None)]
+    df = spark.createDataFrame(rows, "u string, cr string, y long, x double, r string")
+    frame = scan_frame(df, user_col="u", creative_col="cr", response_col="y", covariates=["x"],
+                       categorical=["r"], levels={"r": ["s", "w"]}, creatives=["a", "b"])
+    assert frame.columns == ["y", "c", "f", "nu", "x0", "x1", "x2"]
+    assert [tuple(r)[4:] for r in frame.collect()] == [(1.5, 0.0, 0.0), (2.0, 1.0, 0.0), (3.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("width,rows", [(5, 100_000), (50, 83_886), (2_000, 2_097), (100_000, 1_024)])
+def test_arrow_batch_rows_follow_the_width(spark, width, rows):
+    from segmentation.data.validate import _arrow_batch_rows
+
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key, None)
+    with _arrow_batch_rows(spark, width):
+        assert int(spark.conf.get(key)) == rows
+    assert spark.conf.get(key, None) == before
