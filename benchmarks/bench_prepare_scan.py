@@ -11,8 +11,21 @@ In ONE Spark session, side by side, each repeat on a fresh DataFrame read of the
   ``levels`` (categorical levels, when any), ``users`` (exact distinct user count), ``scan``
   (the fused mapInArrow: checks, moments and raw blocks), ``checks`` (driver), ``finish``
   (files: standardise the blocks in place, publish; spark: nothing), ``oracle``;
+- ``count scan``: a ``mapInArrow`` over a ``select`` of the same columns that only counts
+  its rows: the cost of handing every used value to Python once, the floor of any
+  ``mapInArrow`` conversion. A second, clearly labelled baseline: at thousands of covariates
+  the aggregate scan is pathological (thousands of aggregates: Spark's generated code grows
+  past 64 KB and falls back, and the plan compiles for minutes), so ``prepare()`` looks fast
+  against it without being fast;
 - with ``--before``: the former two-step path (``validate_and_encode`` then
-  ``write_blocks``/``cache_blocks``, ``pipeline._prepare_two_step``) in the same session.
+  ``write_blocks``/``cache_blocks``, ``pipeline._prepare_two_step``) in the same session;
+- with ``--array-scan``: ``prepare()`` (files) with the fused scan of before the plain-column
+  change (one ``array<double>`` column of the features; a private copy of that code below,
+  :func:`_old_scan_frame` and :func:`_old_scan_write_partition`, not in the package).
+
+``--variants`` keeps only the named variants (comma separated, e.g. ``scan,count scan,prepare
+files`` at 2,000 covariates, where the Spark-cache comparison would collect gigabytes on the
+driver); ``--no-warmup`` times the first round (the agreement checks then use it).
 
 Variants rotate order every repeat. One untimed warm-up round first (JIT and Janino
 compilation of every variant's code: a fresh process pays it once, see ``first run``).
@@ -89,6 +102,10 @@ def main() -> None:
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--categorical", action="store_true", help="also use the categorical 'region'")
     ap.add_argument("--before", action="store_true", help="also time the former two-step prepare()")
+    ap.add_argument("--array-scan", action="store_true",
+                    help="also time prepare() (files) with the former array-column fused scan")
+    ap.add_argument("--variants", help="comma-separated subset of the variants to run")
+    ap.add_argument("--no-warmup", action="store_true", help="no untimed warm-up round")
     ap.add_argument("--md", help="write the result table (markdown) here")
     args = ap.parse_args()
 
@@ -120,6 +137,12 @@ def main() -> None:
         df = read_exposures(spark, d.exposures, d.format)
         t0 = time.perf_counter()
         df.agg(*[F.sum(c) for c in numeric], *[F.count(c) for c in other]).collect()
+        return {"total": time.perf_counter() - t0}, None
+
+    def count_scan():
+        df = read_exposures(spark, d.exposures, d.format)
+        t0 = time.perf_counter()
+        df.select(*used).mapInArrow(_count_rows, "n long").collect()
         return {"total": time.perf_counter() - t0}, None
 
     def fused(store):
@@ -162,24 +185,49 @@ def main() -> None:
                     "total": total}, p
         return run
 
-    variants = [("scan", scan), ("prepare files", fused("files")), ("prepare spark", fused("spark"))]
+    def array_scan():
+        import segmentation.data.validate as vm
+
+        global _PLAIN_SCAN_FRAME
+        saved = (vm.scan_frame, pm.FileSink)
+        _PLAIN_SCAN_FRAME = vm.scan_frame
+        vm.scan_frame, pm.FileSink = _old_scan_frame, _old_file_sink()
+        try:
+            return fused("files")()
+        finally:
+            vm.scan_frame, pm.FileSink = saved
+
+    variants = [("scan", scan), ("count scan", count_scan), ("prepare files", fused("files")),
+                ("prepare spark", fused("spark"))]
     if args.before:
         variants += [("before files", before("files")), ("before spark", before("spark"))]
+    if args.array_scan:
+        variants += [("array files", array_scan)]
+    if args.variants:
+        keep = [v.strip() for v in args.variants.split(",")]
+        unknown = sorted(set(keep) - {n for n, _ in variants})
+        if unknown or not {"scan", "count scan"} & set(keep):
+            raise SystemExit(f"--variants: unknown {unknown} (known: {[n for n, _ in variants]}); "
+                             "'scan' or 'count scan' is required")
+        variants = [(n, fn) for n, fn in variants if n in keep]
+    checked = ("prepare files", "prepare spark", "before files", "array files")
 
     # warm-up round (untimed in the medians): compiles every variant's code once
     first = {}
     kept = {}
-    for name, fn in variants:
-        tm, p = fn()
-        first[name] = tm["total"]
-        if name in ("prepare files", "prepare spark", "before files"):
-            kept[name] = p
-        elif p is not None:
+    agreement = {}
+    if not args.no_warmup:
+        for name, fn in variants:
+            tm, p = fn()
+            first[name] = tm["total"]
+            if name in checked:
+                kept[name] = p
+            elif p is not None:
+                p.release()
+            print(f"  warm-up {name:<14} {tm['total']:6.2f} s", flush=True)
+        agreement = check_agreement(kept)
+        for p in kept.values():
             p.release()
-        print(f"  warm-up {name:<14} {tm['total']:6.2f} s", flush=True)
-    agreement = check_agreement(kept)
-    for p in kept.values():
-        p.release()
 
     times: dict[str, list[dict]] = {name: [] for name, _ in variants}
     loads = []
@@ -187,9 +235,19 @@ def main() -> None:
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for name, fn in order:
             tm, p = fn()
+            if args.no_warmup and r == 0:
+                first[name] = tm["total"]
+                if name in checked:
+                    kept[name] = p
+                    p = None
             if p is not None:
                 p.release()
             times[name].append(tm)
+        if args.no_warmup and r == 0:
+            agreement = check_agreement(kept)
+            for p in kept.values():
+                p.release()
+            kept = {}
         loads.append(os.getloadavg()[0])
         print(f"  repeat {r + 1}: " + "  ".join(f"{n} {times[n][-1]['total']:.2f}" for n, _ in variants)
               + f"  (load {loads[-1]:.1f})", flush=True)
@@ -235,6 +293,14 @@ def check_agreement(kept: dict) -> dict:
             for a in ("X", "y", "creative", "fold"):
                 same &= np.array_equal(np.concatenate([getattr(b, a) for b in bl])[order], getattr(f, a))
         out["stores_same_blocks"] = bool(same)
+    pa_ = kept.get("array files")
+    if pf is not None and pa_ is not None:
+        same = pf.report.to_dict() == pa_.report.to_dict() and pf.encoding.to_dict() == pa_.encoding.to_dict()
+        same &= len(pf.manifest.paths) == len(pa_.manifest.paths)
+        for a, b in zip(pf.manifest.load_blocks(), pa_.manifest.load_blocks()):
+            same &= all(np.array_equal(getattr(a, k), getattr(b, k))
+                        for k in ("X", "y", "creative", "fold", "offsets"))
+        out["plain_columns_same_as_array_scan"] = bool(same)
     pb = kept.get("before files")
     if pf is not None and pb is not None:
         out["same_report"] = pf.report.to_dict() == pb.report.to_dict()
@@ -243,9 +309,12 @@ def check_agreement(kept: dict) -> dict:
                                              / np.maximum(np.abs(e2.mean), 1e-300)))
         out["max_rel_d_sd"] = float(np.max(np.abs(np.subtract(e1.sd, e2.sd))
                                            / np.maximum(np.abs(e2.sd), 1e-300)))
-        Xa = np.concatenate([b.X for b in pf.manifest.load_blocks()])
-        Xb = np.concatenate([b.X for b in pb.manifest.load_blocks()])
-        out["max_abs_d_X_vs_before"] = float(np.max(np.abs(Xa - Xb))) if Xa.shape == Xb.shape else float("nan")
+        ba, bb = pf.manifest.load_blocks(), pb.manifest.load_blocks()
+        if [b.X.shape for b in ba] == [b.X.shape for b in bb]:   # block by block (memory)
+            out["max_abs_d_X_vs_before"] = max(float(np.max(np.abs(a.X - b.X), initial=0.0))
+                                               for a, b in zip(ba, bb))
+        else:
+            out["max_abs_d_X_vs_before"] = float("nan")
     return out
 
 
@@ -260,12 +329,18 @@ def report(args, data, n_rows, n_parts, numeric, other, times, first, loads, agr
     L.append(f"scan = df.agg(sum of {len(numeric)} numeric columns, count of {other}) on a fresh read")
     L.append(f"session start: {t_start:.1f} s (not part of any row below)")
     L.append("")
-    scan = [t["total"] for t in times["scan"]]
-    L.append(f"{'variant':<16}{'median s':>10}{'x scan':>9}{'first run s':>13}   per-repeat s")
+    L.append(f"count scan = mapInArrow over a select of the same {len(numeric) + len(other)} columns, "
+             "counting rows (second baseline: every used value handed to Python once)")
+    count = [t["total"] for t in times["count scan"]] if "count scan" in times else None
+    if "scan" not in times:
+        L.append("scan NOT RUN (--variants): ratios against the count scan only")
+    scan = [t["total"] for t in times["scan"]] if "scan" in times else [float("nan")] * len(count)
+    L.append(f"{'variant':<16}{'median s':>10}{'x scan':>9}{'x count':>9}{'first run s':>13}   per-repeat s")
     for name, ts in times.items():
         tot = [t["total"] for t in ts]
         ratio = med([a / b for a, b in zip(tot, scan)])
-        L.append(f"{name:<16}{med(tot):>10.2f}{ratio:>9.2f}{first[name]:>13.2f}   "
+        rc = f"{med([a / b for a, b in zip(tot, count)]):>9.2f}" if count else f"{'-':>9}"
+        L.append(f"{name:<16}{med(tot):>10.2f}{ratio:>9.2f}{rc}{first.get(name, float('nan')):>13.2f}   "
                  + " ".join(f"{v:.2f}" for v in tot))
     L.append("")
     L.append("steps of prepare() (median s, share of the median total):")
@@ -281,20 +356,182 @@ def report(args, data, n_rows, n_parts, numeric, other, times, first, loads, agr
         L.append(f"check: {k} = {v}")
     L.append("")
     ok_all = True
-    for name in ("prepare files", "prepare spark"):
+    stores = [n for n in ("prepare files", "prepare spark") if n in times]
+    for name in stores:
         tot = [t["total"] for t in times[name]]
         ratio = med([a / b for a, b in zip(tot, scan)])
         ok = ratio <= TARGET
         ok_all &= ok
-        L.append(f"{'PASS' if ok else 'FAIL'}: {name} = {ratio:.2f} x scan (median of per-repeat "
+        L.append(f"{'PASS' if ok else 'FAIL' if ratio == ratio else 'NOT MEASURED'}: {name} = {ratio:.2f} x scan (median of per-repeat "
                  f"ratios; target <= {TARGET:.0f}x; medians {med(tot):.2f} s vs {med(scan):.2f} s)")
-    if "before files" in times:
-        for s in ("files", "spark"):
+        if count:
+            rc = med([a / b for a, b in zip(tot, count)])
+            L.append(f"  (second baseline, not the target's: {name} = {rc:.2f} x count scan, "
+                     f"median {med(count):.2f} s)")
+    for s in ("files", "spark"):
+        if f"before {s}" in times and f"prepare {s}" in times:
             b = med([t["total"] for t in times[f"before {s}"]])
             a = med([t["total"] for t in times[f"prepare {s}"]])
             L.append(f"speed-up {s}: before {b:.2f} s -> after {a:.2f} s ({b / a:.1f}x)")
-    L.append(f"{'PASS' if ok_all else 'FAIL'}: prepare() within {TARGET:.0f}x of one aggregate scan, both stores")
+    if "array files" in times and "prepare files" in times:
+        b = [t["total"] for t in times["array files"]]
+        a = [t["total"] for t in times["prepare files"]]
+        L.append(f"plain columns vs array column (files): {med(b):.2f} s -> {med(a):.2f} s "
+                 f"(speed-up = array / plain, median of per-repeat ratios: {med([x / y for x, y in zip(b, a)]):.2f}x)")
+    which = "both stores" if len(stores) == 2 else ", ".join(stores) + " only (other store not run)"
+    if "scan" not in times:
+        ok_all = None
+    L.append(f"{'PASS' if ok_all else 'NOT MEASURED' if ok_all is None else 'FAIL'}: prepare() within {TARGET:.0f}x of one aggregate scan, {which}")
     return L
+
+
+def _count_rows(batches):
+    """mapInArrow task of the ``count scan`` baseline: consume every batch, yield the row count."""
+    import pyarrow as pa
+
+    n = 0
+    for b in batches:
+        n += b.num_rows
+    yield pa.RecordBatch.from_pydict({"n": pa.array([n], pa.int64())})
+
+
+# ----------------------------------------------------------------------------- former scan
+# A private copy of the fused scan as it was before the plain-column change (the features as
+# ONE array<double> column, flattened per Arrow batch), for the ``array files`` variant only.
+# Defined in __main__ so that Spark ships these functions by value to the Python workers.
+_PLAIN_SCAN_FRAME = None      # validate.scan_frame, set while the ``array files`` variant runs
+
+def _old_scan_frame(df, *, user_col, creative_col, response_col, covariates, categorical=(),
+                    levels=None, creatives, n_folds=1, seed=0, types=None):
+    """The plain-column frame with its features packed into one array column ``x`` (Spark
+    collapses the two projections: the former frame's plan)."""
+    from pyspark.sql import functions as F
+
+    plain = _PLAIN_SCAN_FRAME(df, user_col=user_col, creative_col=creative_col,
+                                 response_col=response_col, covariates=covariates,
+                                 categorical=categorical, levels=levels, creatives=creatives,
+                                 n_folds=n_folds, seed=seed, types=types)
+    head = plain.columns[:4]
+    feats = plain.columns[4:]
+    x = F.array(*[F.col(c) for c in feats]) if feats else F.array().cast("array<double>")
+    return plain.select(*head, x.alias("x"))
+
+
+def _old_scan_partition(batches, *, n_stats, n_creatives, n_folds):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segmentation.data.blockstore import _batch_stats, merge_moments
+
+    xs, ys, cs, fs = [], [], [], []
+    null_user, m, n_tot = 0, None, 0
+    for batch in batches:
+        nb = batch.num_rows
+        if nb == 0:
+            continue
+        arr = batch.column(4)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        flat = arr.flatten()
+        if m is None:
+            m = len(flat) // nb
+            null, nonfinite = np.zeros(n_stats), np.zeros(n_stats)
+            mn, mx = np.full(n_stats, np.inf), np.full(n_stats, -np.inf)
+            mean, m2 = np.zeros(n_stats), np.zeros(n_stats)
+        v = flat.to_numpy(zero_copy_only=False).astype(np.float64, copy=False).reshape(nb, m)
+        nulls = None
+        if flat.null_count:
+            mask = flat.is_null().to_numpy(zero_copy_only=False).reshape(nb, m)
+            if not np.isnan(v[mask]).all():
+                v = v.copy()
+                v[mask] = np.nan
+            nulls = mask[:, :n_stats].sum(axis=0)
+        b = _batch_stats(v[:, :n_stats], nulls)
+        null += b[0]
+        nonfinite += b[1]
+        np.minimum(mn, b[2], out=mn)
+        np.maximum(mx, b[3], out=mx)
+        n_tot, mean, m2 = merge_moments(n_tot, mean, m2, nb, b[4], b[5])
+        xs.append(v)
+        ys.append(batch.column(0).to_numpy(zero_copy_only=False))
+        cs.append(batch.column(1).to_numpy(zero_copy_only=False))
+        fs.append(batch.column(2).to_numpy(zero_copy_only=False))
+        null_user += int(pc.sum(batch.column(3)).as_py() or 0)
+    if not ys:
+        return None
+    n = sum(len(y) for y in ys)
+    y8 = np.concatenate(ys).astype(np.int8, copy=False)
+    creative = np.concatenate(cs).astype(np.int64, copy=False)
+    fold = np.concatenate(fs).astype(np.int64, copy=False)
+    X = np.empty((n, m + 1), dtype=np.float64)
+    X[:, 0] = 1.0
+    start = 0
+    for part in xs:
+        X[start:start + len(part), 1:] = part
+        start += len(part)
+    del xs
+    bad_response = int((y8 < 0).sum())
+    null_creative = int((creative == -2).sum())
+    unknown = int((creative == -1).sum())
+    bad_fold = int(((fold < 0) | (fold >= n_folds)).sum())
+    bad_x = bool(null.any() or nonfinite.any())
+    if m > n_stats and not bad_x:
+        bad_x = not np.isfinite(X[:, 1 + n_stats:]).all()
+    clean = not (bad_response or null_creative or unknown or null_user or bad_fold or bad_x)
+    head = np.array([n, bad_response, null_creative, unknown, null_user], dtype=np.float64)
+    stats = np.concatenate([head, null, nonfinite, mn, mx, mean, m2])
+    return X, y8.astype(np.float64), creative, fold, stats, clean
+
+
+def _old_scan_write_partition(batches, *, tmp_dir, n_stats, n_creatives, n_folds):
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    from segmentation.data.blocks import make_block, save_block
+    from segmentation.data.blockstore import scan_counts
+
+    pid = TaskContext.get().partitionId()
+    res = _old_scan_partition(batches, n_stats=n_stats, n_creatives=n_creatives, n_folds=n_folds)
+    if res is None:
+        return
+    X, y, creative, fold, stats, clean = res
+    del res
+    p = X.shape[1]
+    counts, positives = scan_counts(y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+    file = ""
+    if clean:
+        block = make_block(X, y, creative, fold, n_creatives=n_creatives, n_folds=n_folds)
+        del X
+        file = f"block-{pid:05d}.npz"
+        save_block(block, os.path.join(tmp_dir, file))
+        del block
+    yield pa.RecordBatch.from_pydict({
+        "partition": pa.array([pid], pa.int32()),
+        "file": pa.array([file], pa.string()),
+        "n_rows": pa.array([len(y)], pa.int64()),
+        "n_features": pa.array([p if clean else 0], pa.int32()),
+        "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
+        "positives": pa.array([positives.tolist()], pa.list_(pa.int64())),
+        "stats": pa.array([stats.tobytes()], pa.binary()),
+    })
+
+
+def _old_file_sink():
+    from functools import partial
+
+    from segmentation.data.blockstore import SCAN_SUMMARY_SCHEMA, FileSink, write_owner
+
+    class OldFileSink(FileSink):
+        def run(self, frame, *, n_stats, n_creatives, n_folds):
+            os.makedirs(self.tmp_dir)
+            write_owner(self.tmp_dir)
+            task = partial(_old_scan_write_partition, tmp_dir=self.tmp_dir, n_stats=int(n_stats),
+                           n_creatives=int(n_creatives), n_folds=int(n_folds))
+            rows = frame.mapInArrow(task, SCAN_SUMMARY_SCHEMA).collect()
+            self.summaries = sorted((r.asDict() for r in rows), key=lambda r: r["partition"])
+            return self.summaries
+    return OldFileSink
 
 
 if __name__ == "__main__":
