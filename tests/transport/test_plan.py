@@ -182,12 +182,21 @@ def table(spark):
 SPARK_CFG = dict(max_treatments=2, min_share={"t4": 0.1}, max_share={"t0": 0.3}, seed=11)
 
 
-def test_spark_plan_equals_numpy_plan(spark, table):
+@pytest.mark.parametrize("sample_size", [20000, 200])
+def test_spark_plan_equals_numpy_plan(spark, table, sample_size):
+    """Every task kind (greedy, Lloyd and swaps); with 200 of the 600 users as the sample, the
+    search also runs on the sample first (the same users by hash on Spark and in numpy)."""
     V, pdf, df = table
-    cfg = TransportConfig(exact_limit=0, **SPARK_CFG)      # greedy, Lloyd and swaps: every task kind
+    cfg = TransportConfig(exact_limit=0, sample_size=sample_size, **SPARK_CFG)
     cols = list(pdf.columns[1:])
     a = plan_numpy(V, names(5), cfg, ids=pdf["uid"].to_numpy())
     b = plan_allocation(df.repartition(2), "uid", cols, names(5), cfg)
+    if sample_size < len(V):
+        assert b.method["sample_search"] == a.method["sample_search"] is not None
+        assert [m["initial"] for m in b.method["per_S"]] == ["sample", "sample"]
+    else:
+        assert b.method["sample_search"] is None
+    assert b.method["passes"] == a.method["passes"] + 1          # + the job counting the assignment
     assert b.offered == a.offered and "t4" in b.offered
     for t in a.offered:
         assert b.prices[t] == pytest.approx(a.prices[t], rel=1e-9, abs=1e-9)
