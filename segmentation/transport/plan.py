@@ -7,7 +7,8 @@ v_it for the treatment labelled ``names[t]``); ``cfg`` is the ``transport`` conf
 Steps: check the value columns (one job: nulls/NaN, user count, value range); collect a
 driver-side sample of ``transport.sample_size`` users by seeded hash of the id (one job; every
 dual solve is first solved on it in memory, and its solve on all users, which certifies the gap,
-starts from those prices); for every S from 1 to ``max_treatments`` search the offered set under
+starts from those prices; with ``transport.search_on_sample`` the whole search first runs on it
+too, and the searches over all users start from its sets: ``decide``); for every S from 1 to ``max_treatments`` search the offered set under
 the capacity limits (``transport.search``: exact enumeration, or greedy + Lloyd alternation +
 swaps), all searches advancing together so each
 Spark job is one pass over the users serving every open question; the plan is the best set

@@ -29,13 +29,18 @@ Per S, the search (Zhang and Misra's alternation, made capacity-aware):
    tolerance). It is also *enforced*: A' is kept only if its solved value beats A's by more than
    the tolerance.
 3. **Swap refinement.** Neighbours A - a + b (a not forced) that can meet the limits are ranked by
-   F, and the best ``swap_candidates`` are candidates too.
+   F, and the best ``swap_candidates`` are candidates too; a neighbour whose F does not beat
+   G(A) is never solved (G <= F: it cannot win).
 
    Steps 2 and 3 share passes: one pass returns the segment sums and F of every neighbour, then
    the Lloyd set and the swap candidates are solved under capacities together (in lockstep), and
    the best of them is taken if it beats A by more than the tolerance (a Lloyd step or a swap);
    stop when none does (or after ``max_rounds``). Each round is thus one pass plus the longest
    of its dual solves, not the Lloyd solve followed by the swap solves.
+
+A search may be given a ``start`` set (the same search's answer on a sample of the users,
+``plan.decide``): enumeration solves it first (an early incumbent prunes the most; still exact),
+the heuristic search starts its Lloyd + swap rounds from it instead of from greedy.
 
 Every search (one per S, for the value-vs-S curve) is a generator that yields lists of requests
 (``Solve``, ``Sums``, ``Sets``); ``run_searches`` advances all of them together so one pass over
