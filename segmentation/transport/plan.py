@@ -119,10 +119,11 @@ def sample_starts(sample: np.ndarray, scale: float, names: list[str], cfg, swap_
                   max_rounds: int) -> tuple[dict, dict]:
     """The whole search run in memory on the driver-side sample (limits rescaled to its users):
     ({S: the sample's best set}, a summary for ``method``). Empty if the limits cannot be met on
-    the sample (its head counts round differently), in which case the search starts from greedy."""
+    the sample (its head counts round differently) or a dual solve finds no feasible split there
+    (``RuntimeError``, as in ``search.sample_prices``), in which case the search starts from greedy."""
     try:
         d = decide(numpy_runner(sample), len(sample), scale, names, cfg, swap_candidates, max_rounds)
-    except DataValidationError as e:
+    except (DataValidationError, RuntimeError) as e:
         return {}, {"users": len(sample), "skipped": str(e)}
     starts = {r.S: tuple(r.offered) for r in d.results if r.offered is not None}
     return starts, {"users": len(sample), "passes_in_memory": d.passes,
