@@ -57,6 +57,13 @@ class DesignBlock:
         return out
 
 
+def block_order(creative, fold, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key, order): each row's slice key creative * n_folds + fold, and the stable sort of the
+    rows by it (the row order of a block)."""
+    key = np.asarray(creative).astype(np.int64) * n_folds + np.asarray(fold)
+    return key, np.argsort(key, kind="stable")
+
+
 def make_block(X, y, creative, fold=None, *, n_creatives: int, n_folds: int = 1) -> DesignBlock:
     """Sort rows by (creative, fold) and index the slices. ``X`` must already hold the intercept."""
     X = np.asarray(X, dtype=np.float64)
@@ -70,8 +77,7 @@ def make_block(X, y, creative, fold=None, *, n_creatives: int, n_folds: int = 1)
         raise ValueError(f"creative index out of range 0..{n_creatives - 1}")
     if n and (fold.min() < 0 or fold.max() >= n_folds):
         raise ValueError(f"fold index out of range 0..{n_folds - 1}")
-    key = creative.astype(np.int64) * n_folds + fold
-    order = np.argsort(key, kind="stable")
+    key, order = block_order(creative, fold, n_folds)
     counts = np.bincount(key, minlength=n_creatives * n_folds)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return DesignBlock(
@@ -85,16 +91,21 @@ def make_block(X, y, creative, fold=None, *, n_creatives: int, n_folds: int = 1)
     )
 
 
-def save_block(block: DesignBlock, path: str) -> None:
+def save_block(block: DesignBlock, path: str, write_x=None) -> None:
     """Write a block as a directory of ``.npy`` files, atomically (temp dir + rename).
 
     One ``.npy`` per array (not ``.npz``) so readers can memory-map them: blocks kept in
     ``/dev/shm`` are then shared by every Python worker of a host instead of copied into each.
+    ``write_x(npy_path)``, if given, writes ``X.npy`` in place of ``block.X`` (a writer that
+    fills a memory-mapped file without holding the design in memory: ``blockstore.save_sorted_block``).
     """
     tmp = f"{path}.tmp-{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
     for name in _ARRAYS:
-        np.save(os.path.join(tmp, f"{name}.npy"), getattr(block, name))
+        if name == "X" and write_x is not None:
+            write_x(os.path.join(tmp, "X.npy"))
+        else:
+            np.save(os.path.join(tmp, f"{name}.npy"), getattr(block, name))
     np.save(os.path.join(tmp, "shape.npy"), np.array([block.n_creatives, block.n_folds], dtype=np.int64))
     if os.path.isdir(path):
         shutil.rmtree(path)

@@ -666,36 +666,29 @@ def save_sorted_block(parts: ScanParts, path: str, *, n_creatives: int, n_folds:
     are scattered from the per-batch matrices straight into the memory-mapped ``X.npy`` in
     (creative, fold) order. Atomic like ``save_block`` (temporary directory, then rename).
     Frees ``parts.xs``; returns the number of rows."""
-    from segmentation.data.blocks import _ARRAYS, make_block
+    from segmentation.data.blocks import block_order, make_block, save_block
 
     n, p = parts.n_rows, parts.m + 1
     small = make_block(np.empty((n, 0)), parts.y, parts.creative, parts.fold,
                        n_creatives=n_creatives, n_folds=n_folds)
-    key = parts.creative * n_folds + parts.fold      # make_block's key and stable order
-    order = np.argsort(key, kind="stable")
+    _, order = block_order(parts.creative.astype(np.int32), parts.fold.astype(np.int16), n_folds)
     dest = np.empty(n, dtype=np.int64)
     dest[order] = np.arange(n, dtype=np.int64)       # row i of the input goes to dest[i]
-    del order, key
-    tmp = f"{path}.tmp-{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
-    X = np.lib.format.open_memmap(os.path.join(tmp, "X.npy"), mode="w+", dtype=np.float64,
-                                  shape=(n, p))
-    X[:, 0] = 1.0
-    start = 0
-    while parts.xs:
-        part = parts.xs.pop(0)
-        X[dest[start:start + len(part)], 1:] = part
-        start += len(part)
-        del part
-    X.flush()
-    del X
-    for name in _ARRAYS:
-        if name != "X":
-            np.save(os.path.join(tmp, f"{name}.npy"), getattr(small, name))
-    np.save(os.path.join(tmp, "shape.npy"), np.array([n_creatives, n_folds], dtype=np.int64))
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    del order
+
+    def write_x(npy: str) -> None:
+        X = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float64, shape=(n, p))
+        X[:, 0] = 1.0
+        start = 0
+        while parts.xs:
+            part = parts.xs.pop(0)
+            X[dest[start:start + len(part)], 1:] = part
+            start += len(part)
+            del part
+        X.flush()
+        del X
+
+    save_block(small, path, write_x=write_x)
     return n
 
 
