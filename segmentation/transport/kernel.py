@@ -91,7 +91,7 @@ def batch_rows(V: np.ndarray, p: np.ndarray, deltas: np.ndarray) -> list[tuple[i
         if not sel.any():
             continue
         Va, Wa, ba = Va_all[sel], Wa_all[sel], ba_all[sel]
-        masks = ((Wa >= (ba - delta)[:, None]) * bits).sum(axis=1)
+        masks = surplus_masks(Wa, delta, ba)
         if small:
             mc = np.bincount(masks, minlength=1 << K)
             uniq = np.flatnonzero(mc)
@@ -156,9 +156,7 @@ def assign_rows(V: np.ndarray, p: np.ndarray, delta: float, splits: dict[int, np
     n, K = V.shape
     W = V - p[None, :]
     arg = np.argmax(W, axis=1)
-    b = W[np.arange(n), arg]
-    bits = np.left_shift(np.int64(1), np.arange(K, dtype=np.int64))
-    masks = (W >= (b - delta)[:, None]) @ bits
+    masks = surplus_masks(W, delta, W[np.arange(n), arg])
     out = arg.copy()
     amb = (masks & (masks - 1)) != 0
     for g in np.unique(masks[amb]):
@@ -168,10 +166,17 @@ def assign_rows(V: np.ndarray, p: np.ndarray, delta: float, splits: dict[int, np
     return out
 
 
+def surplus_masks(W: np.ndarray, delta: float, b: np.ndarray | None = None) -> np.ndarray:
+    """The candidate-set bit mask sum_t 2^t [w_it >= b_i - delta] of every row of the surpluses
+    W (b_i = max_t w_it unless given): the one definition every pass, the final assignment in
+    numpy and in Spark, and the Lloyd sums use (int64; (bool * bits).sum, not a bool @ int64
+    matmul, which is several times slower)."""
+    if b is None:
+        b = W.max(axis=1) if len(W) else np.zeros(0)
+    bits = np.left_shift(np.int64(1), np.arange(W.shape[1], dtype=np.int64))
+    return ((W >= (b - delta)[:, None]) * bits).sum(axis=1)
+
+
 def candidate_masks(V: np.ndarray, p: np.ndarray, delta: float) -> np.ndarray:
     """The candidate-set bit mask of every user at (p, delta)."""
-    n, K = V.shape
-    W = V - p[None, :]
-    b = W.max(axis=1)
-    bits = np.left_shift(np.int64(1), np.arange(K, dtype=np.int64))
-    return (W >= (b - delta)[:, None]) @ bits
+    return surplus_masks(V - p[None, :], delta)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from segmentation.transport.kernel import PriceStats, batch_rows, merge_rows
+from segmentation.transport.kernel import PriceStats, batch_rows, merge_rows, surplus_masks
 
 ROW_SCHEMA = "task int, level int, mask long, vec array<double>"
 
@@ -50,12 +50,6 @@ class SetTask:
     sets: tuple          # tuple of tuples of column indices
 
 
-def _masks(W: np.ndarray, delta: float) -> np.ndarray:
-    """Candidate-set bit masks, computed exactly as ``spark.assignment_frame`` does."""
-    b = W.max(axis=1)
-    bits = np.left_shift(np.int64(1), np.arange(W.shape[1], dtype=np.int64))
-    return (W >= (b - delta)[:, None]) @ bits
-
 
 def task_rows(V: np.ndarray, tasks: Sequence) -> list[tuple[int, int, int, np.ndarray]]:
     """The rows of every task for one batch of users (V: users x |T|, float64)."""
@@ -68,7 +62,7 @@ def task_rows(V: np.ndarray, tasks: Sequence) -> list[tuple[int, int, int, np.nd
         elif isinstance(task, SumsTask):
             if n == 0:
                 continue
-            masks = _masks(V[:, list(task.cols)] - task.p[None, :], task.delta)
+            masks = surplus_masks(V[:, list(task.cols)] - task.p[None, :], task.delta)
             uniq, inv = np.unique(masks, return_inverse=True)
             m = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
             sums = np.stack([np.bincount(inv, weights=V[:, t], minlength=len(uniq))

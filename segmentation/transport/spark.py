@@ -24,7 +24,7 @@ import numpy as np
 from segmentation.errors import DataValidationError
 from segmentation.transport.capacity import Capacities
 from segmentation.transport.dual import DualResult, solve_dual
-from segmentation.transport.kernel import PriceStats, batch_rows, merge_rows, user_hash
+from segmentation.transport.kernel import PriceStats, batch_rows, merge_rows, surplus_masks, user_hash
 
 ROW_SCHEMA = "level int, mask long, vec array<double>"
 TREATMENT_COL = "treatment"
@@ -133,7 +133,6 @@ def assignment_frame(df, user_col: str, columns: list[str], names: list[str], re
     plan = result.plan
     p_ = np.asarray(plan.prices, dtype=np.float64).copy()
     delta = float(plan.delta)
-    bits = np.left_shift(np.int64(1), np.arange(K, dtype=np.int64))
 
     def fn(batches):
         for batch in batches:
@@ -141,7 +140,7 @@ def assignment_frame(df, user_col: str, columns: list[str], names: list[str], re
             W = V - p_[None, :]
             arg = np.argmax(W, axis=1) if len(V) else np.zeros(0, dtype=np.int64)
             b = W.max(axis=1) if len(V) else np.zeros(0)
-            masks = (W >= (b - delta)[:, None]) @ bits if len(V) else np.zeros(0, dtype=np.int64)
+            masks = surplus_masks(W, delta, b)
             ids = batch.column(K).to_numpy(zero_copy_only=False)
             h = user_hash(ids, seed) if len(V) else np.zeros(0, dtype=np.int64)
             yield pa.RecordBatch.from_pydict({"_mask": masks.astype(np.int64), "_arg": arg.astype(np.int32),
