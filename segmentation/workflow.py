@@ -105,7 +105,9 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
                 if model.selection is not None:
                     model.selection["mlflow_run_id"] = tracker.run_id
                     model.selection["mlflow_tracking_uri"] = tracker.uri
-            model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col)
+            rep = prepared.report
+            model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col,
+                                                  rows_are_users=rep.n_users == rep.n_rows)
             stage = staging_dir(out_dir)
             model.save(stage)
             if cv is not None:

@@ -111,15 +111,22 @@ def one_row_per_user(df, user_col: str, columns):
                       *[F.col(f"_r._c{i}").alias(c) for i, c in enumerate(cols)]))
 
 
-def segment_shares(df, model: SegmentationModel, user_col: str) -> dict[str, float]:
+def segment_shares(df, model: SegmentationModel, user_col: str, *,
+                   rows_are_users: bool = False) -> dict[str, float]:
     """Share of distinct users assigned to each segment; a user with several rows is scored on
     one of them chosen by value (``one_row_per_user``), so the shares do not depend on how
-    ``df`` is partitioned."""
+    ``df`` is partitioned.
+
+    ``rows_are_users``: the caller knows every user has exactly one row (the validation's
+    distinct-user count equals its row count, as in a campaign that shows each user one
+    creative). Then one row per user is every row, and the rows are scored as they are: one
+    narrow scan instead of a shuffle of every covariate (the aggregation that picks a row per
+    user). Same shares."""
     from pyspark.sql import functions as F
 
     check_columns(df, model, user_col)
     enc = Encoding.from_dict(model.encoding)
-    users = one_row_per_user(df, user_col, [*enc.numeric, *enc.categorical])
+    users = df if rows_are_users else one_row_per_user(df, user_col, [*enc.numeric, *enc.categorical])
     counts = {r[SEGMENT_COL]: r["n"] for r in
               assign_segments(users, model, user_col).groupBy(SEGMENT_COL).agg(F.count("*").alias("n")).collect()}
     total = sum(counts.values()) or 1

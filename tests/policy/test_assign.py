@@ -68,6 +68,18 @@ def test_control_arm_is_never_assigned(spark, users):
     assert set(shares) == {"a", "b"} and sum(shares.values()) == pytest.approx(1.0)
 
 
+def test_shares_of_one_row_per_user_skip_the_aggregation_and_agree(spark, users):
+    """rows_are_users (each user has one row): the rows are scored as they are, without the
+    aggregation that picks a row per user; the shares are those of the aggregation and numpy's."""
+    pdf, df = users
+    enc = fit_encoding(df, ["x1", "x2"], ["region"], standardize=True)
+    model = _model(enc)
+    direct = segment_shares(df, model, "user_id", rows_are_users=True)
+    assert direct == segment_shares(df, model, "user_id")
+    expected = np.bincount(model.assign(pdf), minlength=3) / len(pdf)
+    assert direct == pytest.approx({s: expected[j] for j, s in enumerate(model.segments)}, abs=1e-12)
+
+
 def test_missing_covariate_is_named(spark, users):
     pdf, df = users
     enc = fit_encoding(df, ["x1", "x2"], ["region"])
