@@ -182,6 +182,8 @@ def fit_child(spec: dict) -> dict:
     wrap(pipeline, "prepare", "prepare", timings=steps)
     wrap(pipeline, "fit_single", "solve")
     wrap(pipeline, "fit_cv", "solve")
+    import segmentation.policy.assign as assign
+    wrap(assign, "segment_shares", "shares")
     sampler = Sampler(spec["block_dir"])
     sampler.start()
     t0 = time.perf_counter()
@@ -355,10 +357,10 @@ def fit_line(name: str, r: dict, scan: float | None) -> str:
     st, ps = r["steps"], r["prepare_steps"]
     pk, ev = r["peak"], r["events"]
     prep = st.get("prepare", float("nan"))
-    rest = r["wall"] - st.get("session", 0) - prep - st.get("solve", 0)
+    rest = r["wall"] - st.get("session", 0) - prep - st.get("solve", 0) - st.get("shares", 0)
     shares = ", ".join(f"{k} {v:.1f}" for k, v in ps.items() if k != "total")
     s = (f"  {name:<5} process {r['wall']:7.1f} s = session {st.get('session', 0):5.1f} + prepare "
-         f"{prep:6.1f} + solve {st.get('solve', 0):7.1f} + rest {rest:5.1f};  passes {r['passes']}, "
+         f"{prep:6.1f} + solve {st.get('solve', 0):7.1f} + shares {st.get('shares', 0):5.1f} + rest {rest:5.1f};  passes {r['passes']}, "
          f"Spark jobs {ev['jobs']} (tasks {ev['tasks']})\n"
          f"        prepare steps: {shares}")
     if scan:
@@ -379,7 +381,7 @@ def linfit(xs, ys):
 
 
 def build_report(args, meta: dict, R: dict) -> str:
-    L = [f"bench_scale  {meta['started']} -> {meta['ended']}  load {meta['load_start']} -> "
+    L = [f"bench_scale  {meta.get('git', '')}  {meta['started']} -> {meta['ended']}  load {meta['load_start']} -> "
          f"{meta['load_end']}  {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
          f"covariates {args.covariates} (+ intercept), {args.creatives} creatives in {args.segments} "
          f"segments, one exposure per user, master {args.master}, driver memory {args.driver_memory}, "
@@ -509,7 +511,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     meta = {"started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_start": loadavg()}
+            "load_start": loadavg(),
+            "git": subprocess.run(["git", "-C", os.path.dirname(HERE), "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True).stdout.strip()}
     R: dict = {}
     partial = os.path.join(args.out, "results.json")
 
