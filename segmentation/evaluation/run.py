@@ -192,7 +192,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
             std_enc = Encoding.from_dict(standardizing_encoding(enc.to_dict()))
             feat = std_enc.feature_columns(frame, "_kfeat")
             m_a = len(st.assignable_segments)
-            centers = fit_kmeans_folds(feat, "_kfeat", d.user_col, sp.FOLD, F, m_a, seed=cfg.cv.seed)
+            centers = fit_kmeans_folds(feat, "_kfeat", d.user_col, sp.FOLD, F, m_a, seed=cfg.cv.seed,
+                                       n_users=int(prepared.report.n_users))
             affine = (enc.scale[1:] / std_enc.scale[1:], (enc.center[1:] - std_enc.center[1:]) / std_enc.scale[1:])
         num, den = sp.training_sums(frame, encoding=enc, shares=shares, n_folds=F, n_creatives=K,
                                     centers=centers, affine=affine)

@@ -25,6 +25,27 @@ def standardizing_encoding(encoding_dict: dict) -> dict:
 
 USERS_PER_PARTITION = 50_000
 MAX_PARTITIONS = 200
+KMEANS_MAX_USERS = 1_000_000      # training users per fold K-means is fitted on (a hash sample above)
+_SAMPLE_SALT = "kmeans-user-sample"
+_SAMPLE_BITS = 30
+
+
+def user_sample(df, user_col: str, fraction: float, seed: int = 0):
+    """The rows of a seeded hash sample of about ``fraction`` of the users: user u is kept when
+    ``xxhash64(u, salt, seed) mod 2^30 < fraction * 2^30``. All rows of a user go together, the
+    same users are kept however ``df`` is split, and the salt makes the sample independent of
+    the folds (``pmod(xxhash64(u, seed), F)``), so every fold keeps the same share of its users."""
+    from pyspark.sql import functions as F
+
+    from segmentation.data.encode import col_ref
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"sample fraction must lie in (0, 1]; got {fraction}")
+    if fraction == 1.0:
+        return df
+    h = F.xxhash64(col_ref(user_col), F.lit(_SAMPLE_SALT), F.lit(int(seed)).cast("long"))
+    bucket = F.pmod(h, F.lit(1 << _SAMPLE_BITS).cast("long"))
+    return df.where(bucket < F.lit(int(round(fraction * (1 << _SAMPLE_BITS)))).cast("long"))
 
 
 def deterministic_users(df, user_col: str, columns):
@@ -48,9 +69,18 @@ def deterministic_users(df, user_col: str, columns):
 
 
 def fit_kmeans_folds(df, features_col: str, user_col: str, fold_col: str, n_folds: int,
-                     k: int, seed: int = 0, max_iter: int = 30) -> np.ndarray:
+                     k: int, seed: int = 0, max_iter: int = 30, *,
+                     max_users: int | None = KMEANS_MAX_USERS, n_users: int | None = None) -> np.ndarray:
     """(F, k, p-1) K-means centres, centre set f fitted on the distinct users of every fold
     but f (``df`` has an array<double> column ``features_col`` of standardised covariates).
+
+    At scale the centres come from a sample: when a fold's training users (about
+    ``n_users * (F - 1) / F``; ``n_users`` counted here when not given) exceed ``max_users``,
+    K-means is fitted on a seeded hash sample of the users (``user_sample``, fraction
+    ``max_users`` over that), taken before the per-user aggregation, so neither the shuffle nor
+    MLlib's passes grow beyond it. ``max_users=None`` fits on every user. Four to a few dozen
+    centres in tens of dimensions are estimated to well within the baseline's own noise from a
+    million points; every user is still assigned to its nearest centre, and evaluated, later.
 
     Uses ``pyspark.ml.clustering.KMeans`` (k-means||, ``seed`` + f), on the persisted distinct
     users. The result does not depend on how ``df`` is partitioned: k-means|| samples its
@@ -67,6 +97,15 @@ def fit_kmeans_folds(df, features_col: str, user_col: str, fold_col: str, n_fold
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
+    if max_users is not None:
+        if max_users < 1:
+            raise ValueError(f"max_users must be at least 1; got {max_users}")
+        if n_users is None:
+            from segmentation.data.validate import count_users
+            n_users = count_users(df, user_col)
+        train = n_users * (n_folds - 1) / n_folds
+        if train > max_users:
+            df = user_sample(df, user_col, max_users / train, seed)
     users = deterministic_users(df, user_col, [fold_col, features_col])
     users = users.select(F.col(fold_col), array_to_vector(F.col(features_col)).alias("_kv")).persist()
     try:

@@ -15,7 +15,7 @@ import pytest
 from segmentation.data.encode import fit_encoding
 from segmentation.model import SegmentationModel
 from segmentation.policy.assign import segment_shares
-from segmentation.policy.baselines import fit_kmeans_folds
+from segmentation.policy.baselines import fit_kmeans_folds, user_sample
 
 USER = "user id"
 
@@ -75,3 +75,30 @@ def test_kmeans_baseline_does_not_depend_on_partitioning(spark, exposures):
     # the equality above is the layout's doing, not a unique optimum's
     other = fit_kmeans_folds(df.coalesce(1), "feat", USER, "fold", 3, k=4, seed=1, max_iter=10)
     assert np.abs(np.sort(other, axis=1) - np.sort(fit[1], axis=1)).max() > 1e-3
+
+
+def test_kmeans_on_a_user_sample_is_that_sample_s_kmeans_and_layout_free(spark, exposures):
+    """Above max_users training users per fold, the centres are those of K-means on a seeded
+    hash sample of the users (all rows of a kept user, about the same share of every fold),
+    still the same for every layout of the input."""
+    pdf, df = exposures
+    n_users = pdf[USER].nunique()                               # 1500: 1000 training users per fold
+    fit = {p: fit_kmeans_folds(d, "feat", USER, "fold", 3, k=4, seed=0, max_iter=10,
+                               max_users=400, n_users=n_users)
+           for p, d in layouts(df).items()}
+    np.testing.assert_array_equal(fit[1], fit[7])
+    sample = user_sample(df, USER, 0.4, seed=0)
+    np.testing.assert_array_equal(fit[1], fit_kmeans_folds(sample, "feat", USER, "fold", 3, k=4, seed=0,
+                                                           max_iter=10, max_users=None))
+    kept = sample.select(USER, "fold").toPandas()
+    per_user = kept.groupby(USER).size()
+    assert (per_user == 3).all()                               # a user's rows go together
+    share = kept.drop_duplicates(USER).groupby("fold").size() / (n_users / 3)
+    assert share.between(0.3, 0.5).all() and len(share) == 3   # 0.4 of every fold, binomial noise
+    # counted users (n_users not given) choose the same sample
+    np.testing.assert_array_equal(fit[1], fit_kmeans_folds(df, "feat", USER, "fold", 3, k=4, seed=0,
+                                                           max_iter=10, max_users=400))
+    # below the cap nothing is sampled
+    np.testing.assert_array_equal(
+        fit_kmeans_folds(df, "feat", USER, "fold", 3, k=4, seed=0, max_iter=10, max_users=1000, n_users=n_users),
+        fit_kmeans_folds(df, "feat", USER, "fold", 3, k=4, seed=0, max_iter=10, max_users=None))
