@@ -46,7 +46,7 @@ import time
 HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench_core import ensure_data, segment_sizes  # noqa: E402  (benchmarks/ is not a package)
+from bench_core import ensure_data  # noqa: E402  (benchmarks/ is not a package)
 
 LINEAR_FACTOR = 11.0     # issue 12: 10M within 11x of 1M
 MLLIB_RATIO = 0.3        # issue 12: the whole process within 0.3x of MLlib's
@@ -178,6 +178,8 @@ def fit_child(spec: dict) -> dict:
         setattr(mod, name, timed)
 
     steps: dict = {}
+    import segmentation.policy.baselines as baselines
+    wrap(baselines, "fit_kmeans_folds", "kmeans")
     wrap(workflow, "spark_for", "session")
     wrap(pipeline, "prepare", "prepare", timings=steps)
     wrap(pipeline, "fit_single", "solve")
@@ -187,7 +189,7 @@ def fit_child(spec: dict) -> dict:
     sampler = Sampler(spec["block_dir"])
     sampler.start()
     t0 = time.perf_counter()
-    rc = main(["fit", spec["config"], "--no-resume"])
+    rc = main(spec.get("argv") or ["fit", spec["config"], "--no-resume"])
     wall = time.perf_counter() - t0
     peak = sampler.stop()
     return {"rc": rc, "inner_wall": wall, "steps": tm, "prepare_steps": steps, "peak": peak}
@@ -308,6 +310,41 @@ def run_fit_process(args, data_dir: str, tag: str, model_cfg: dict, mlflow: bool
     return out
 
 
+def run_evaluate_process(args, data_dir: str, tag: str, model_dir: str) -> dict:
+    """``segment evaluate`` of the model the CV run of this size wrote (copied), same data."""
+    cfg, work, event_dir, block_dir, _ = base_config(args, data_dir, tag)
+    shutil.copytree(model_dir, cfg["output"]["model_dir"])
+    cfg_path = os.path.join(work, "config.json")
+    with open(cfg_path, "w") as fh:
+        json.dump(cfg, fh)
+    out = run_child("fit", {"argv": ["evaluate", cfg_path], "block_dir": block_dir,
+                            "spec_path": os.path.join(work, "spec.json")})
+    with open(os.path.join(cfg["output"]["model_dir"], "evaluation.json")) as fh:
+        ev = json.load(fh)
+    out["events"] = event_log_counts(event_dir)
+    out["timings"] = ev.get("diagnostics", {}).get("timings_seconds") or _find_key(ev, "timings_seconds")
+    out["n_users"] = _find_key(ev, "n_users")
+    shutil.rmtree(block_dir, ignore_errors=True)
+    return out
+
+
+def _find_key(d, key):
+    """The first value of ``key`` anywhere in a nested dict/list (evaluation.json's layout)."""
+    if isinstance(d, dict):
+        if key in d:
+            return d[key]
+        vals = d.values()
+    elif isinstance(d, list):
+        vals = d
+    else:
+        return None
+    for v in vals:
+        r = _find_key(v, key)
+        if r is not None:
+            return r
+    return None
+
+
 def run_scan(args, data_dir: str, tag: str) -> dict:
     cfg, work, event_dir, block_dir, truth = base_config(args, data_dir, tag)
     shutil.rmtree(block_dir, ignore_errors=True)
@@ -404,28 +441,38 @@ def build_report(args, meta: dict, R: dict) -> str:
                      f"lambdas x {sel['folds']} folds, solver jobs {sel['spark_jobs']}, "
                      f"{sel['seconds']:.0f} s in the path; chosen lambda {sel['lambda']:.3g} "
                      f"alpha {sel['alpha']:g}")
+        if "evaluate" in r:
+            e = r["evaluate"]
+            t = e.get("timings") or {}
+            km = e["steps"].get("kmeans", 0.0)
+            L.append(f"  eval  process {e['wall']:7.1f} s: session {e['steps'].get('session', 0):.1f}, "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
+                     + f"; K-means (inside baselines) {km:.1f} s = {km / e['wall']:.0%} of the process; "
+                     f"Spark jobs {e['events']['jobs']}")
+            pk = e["peak"]
+            L.append(f"        peak RSS: driver Python {mb(pk['driver_py_kb'])}, JVM {mb(pk['jvm_kb'])}, "
+                     f"Python workers {mb(pk['workers_kb'])}; cached design {gib(pk['block_bytes'])}")
         L.append("")
     if len(sizes) >= 2:
-        lo, hi = sizes[0], sizes[-1]
-        L.append(f"Cost per row ({lo:,} -> {hi:,} rows, x{hi / lo:.0f}); linear means within "
-                 f"x{LINEAR_FACTOR * hi / lo / 10:.0f} (issue: 10M within 11x of 1M)")
-        rows = []
+        L.append(f"Cost per row: linear means the largest size within {LINEAR_FACTOR / 10:.1f}x its row ratio "
+                 f"of the smallest (issue: 10M within 11x of 1M); a row appears for the sizes measured")
         for label, get in (
             ("prepare()", lambda r: r["fit"]["steps"]["prepare"] if "fit" in r else None),
             ("single fit, solve", lambda r: r["fit"]["steps"]["solve"] if "fit" in r else None),
             ("single fit, whole process", lambda r: r["fit"]["wall"] if "fit" in r else None),
             ("cv, solve (path + relax + final fit)", lambda r: r["cv"]["steps"]["solve"] if "cv" in r else None),
             ("cv, whole process", lambda r: r["cv"]["wall"] if "cv" in r else None),
+            ("evaluate, whole process", lambda r: r["evaluate"]["wall"] if "evaluate" in r else None),
             ("aggregate scan", lambda r: r["scan"]["median"] if "scan" in r else None),
         ):
-            vals = [get(R[n]) for n in sizes]
-            if vals[0] is None or vals[-1] is None:
+            have = [(n, get(R[n])) for n in sizes if get(R[n]) is not None]
+            if len(have) < 2:
                 continue
-            ratio = vals[-1] / vals[0]
-            ok = ratio <= LINEAR_FACTOR * (hi / lo) / 10
-            per = "  ".join(f"{v:8.1f} s ({v / n * 1e6:6.2f} us/row)" for v, n in zip(vals, sizes))
-            rows.append(f"  {label:<38} {per}   x{ratio:5.2f}  {'PASS' if ok else 'FAIL'}")
-        L += rows
+            (lo, v_lo), (hi, v_hi) = have[0], have[-1]
+            ratio = v_hi / v_lo
+            ok = ratio <= LINEAR_FACTOR / 10 * hi / lo
+            per = "  ".join(f"{n / 1e6:g}M {v:7.1f} s ({v / n * 1e6:5.1f} us/row)" for n, v in have)
+            L.append(f"  {label:<38} {per}   x{ratio:5.2f} for x{hi / lo:g} rows  {'PASS' if ok else 'FAIL'}")
         L.append("")
     if "mllib" in meta:
         m, ours = meta["mllib"], meta["lam0"]
@@ -475,8 +522,15 @@ def extrapolate(args, R: dict) -> list[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
-    p.add_argument("--runs", nargs="+", default=["scan", "fit", "cv"], choices=["scan", "fit", "cv"])
+    p.add_argument("--runs", nargs="+", default=["scan", "fit", "cv"], choices=["scan", "fit", "cv", "evaluate"],
+                   help="evaluate: segment evaluate of the model a cv run of the same size wrote "
+                        "(in this run or an earlier one with the same --out)")
     p.add_argument("--mllib-rows", type=int, default=1_000_000, help="0 skips the MLlib comparison")
+    p.add_argument("--eval-model-rows", type=int, default=None,
+                   help="evaluate the model of the cv run at this many rows (default: the same size)")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="print the report of earlier runs' results files (later files win per size and "
+                        "run), measuring nothing")
     p.add_argument("--covariates", type=int, default=50)
     p.add_argument("--creatives", type=int, default=12)
     p.add_argument("--segments", type=int, default=4)
@@ -509,13 +563,29 @@ def main(argv=None) -> None:
         simulate_main(json.loads(sys.argv[2]))
         return
     args = parse_args(argv)
+    if args.merge:
+        meta, R = {}, {}
+        for path in args.merge:
+            with open(path) as fh:
+                d = json.load(fh)
+            for k in ("started", "load_start", "git"):
+                meta.setdefault(k, d["meta"].get(k))
+            meta.update({k: v for k, v in d["meta"].items() if k not in ("started", "load_start", "git")})
+            for n, runs in d["R"].items():
+                R.setdefault(int(n), {}).update(runs)
+        report = build_report(args, meta, R)
+        print(report)
+        if args.md:
+            with open(args.md, "w") as fh:
+                fh.write("```\n" + report + "\n```\n")
+        return
     os.makedirs(args.out, exist_ok=True)
     meta = {"started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_start": loadavg(),
             "git": subprocess.run(["git", "-C", os.path.dirname(HERE), "rev-parse", "--short", "HEAD"],
                                   capture_output=True, text=True).stdout.strip()}
     R: dict = {}
-    partial = os.path.join(args.out, "results.json")
+    partial = os.path.join(args.out, f"results-{'-'.join(args.runs)}.json")
 
     def save():
         with open(partial, "w") as fh:
@@ -535,6 +605,13 @@ def main(argv=None) -> None:
         if "cv" in args.runs:
             r["cv"] = run_fit_process(args, data_dir, f"{tag}-cv", {}, mlflow=args.cv_mlflow)
             print(f"[{n:,}] cv process {r['cv']['wall']:.1f} s, {r['cv']['passes']} passes", flush=True)
+        if "evaluate" in args.runs:
+            src = f"r{args.eval_model_rows}" if args.eval_model_rows else tag
+            cv_model = os.path.join(args.out, "runs", f"{src}-cv", "model")
+            if not os.path.exists(os.path.join(cv_model, "model.json")):
+                raise SystemExit(f"--runs evaluate needs the model of a cv run at {n:,} rows ({cv_model})")
+            r["evaluate"] = run_evaluate_process(args, data_dir, f"{tag}-eval", cv_model)
+            print(f"[{n:,}] evaluate process {r['evaluate']['wall']:.1f} s", flush=True)
         save()
     if args.mllib_rows:
         data_dir, _ = ensure_data(args, args.mllib_rows)
