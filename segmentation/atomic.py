@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import shutil
+import tempfile
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -54,3 +55,48 @@ def replace_dir(tmp_dir: str, final_dir: str) -> None:
     else:
         os.makedirs(os.path.dirname(final_dir) or ".", exist_ok=True)
         os.replace(tmp_dir, final_dir)
+
+
+def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
+    """Move a fully written output directory into place (rename; old copy removed after)."""
+    if os.path.exists(final_dir) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(final_dir)} exists and output.overwrite is false")
+    from segmentation.ownership import OWNER_FILE
+
+    try:
+        os.unlink(os.path.join(tmp_dir, OWNER_FILE))    # staging_dir's owner record stays behind
+    except FileNotFoundError:
+        pass
+    replace_dir(tmp_dir, final_dir)
+
+
+def staging_dir(final_dir: str) -> str:
+    """A fresh directory beside ``final_dir`` (same filesystem, so the final rename is atomic),
+    with the permissions of a directory made normally (``mkdtemp`` makes it 0700, which the
+    published model directory would keep: unreadable to anyone but the scheduler's user).
+    It holds this process's owner record (``ownership.OWNER_FILE``, dropped by ``publish_dir``),
+    so a later run removes it if this one is killed: every call first sweeps the staging
+    directories of dead runs in the same parent (``ownership.sweep_staging_dirs``: never a live
+    run's, nor one younger than the grace period), so each writer tidies where it writes."""
+    from segmentation import ownership
+
+    parent = os.path.dirname(os.path.abspath(final_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    ownership.sweep_staging_dirs(parent, ownership.DEFAULT_GRACE_SECONDS)
+    path = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    os.chmod(path, 0o777 & ~_umask())
+    ownership.write_owner(path)
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would change it for every
+    thread for a moment); 0o022 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022

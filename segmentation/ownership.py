@@ -20,7 +20,7 @@ so a pid reused after a reboot or by a later process is not mistaken for the own
 
 What is swept this way (``sweep_leftovers``, at the start of every fit): block directories
 (``data/blockstore.py``), staging directories of any output beside the model directory
-(``pipeline.staging_dir``), the temp directories of the package shipped to executors
+(``atomic.staging_dir``), the temp directories of the package shipped to executors
 (``spark_session.package_archive``), and, judged by their state.json instead, resume
 checkpoints of other model directories (``resume.sweep_checkpoints``).
 
@@ -160,12 +160,12 @@ def sweep_orphans(root: str, pattern, grace_seconds: float = DEFAULT_GRACE_SECON
 
 
 def is_staging_name(name: str) -> bool:
-    """``.<name>.tmp-*``: a directory ``pipeline.staging_dir`` made beside an output."""
+    """``.<name>.tmp-*``: a directory ``atomic.staging_dir`` made beside an output."""
     return name.startswith(".") and ".tmp-" in name
 
 
 def sweep_staging_dirs(parent: str, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> list[str]:
-    """Staging directories (``pipeline.staging_dir``) under ``parent`` left by dead runs: those
+    """Staging directories (``atomic.staging_dir``) under ``parent`` left by dead runs: those
     of any output there, not only this run's (a killed run whose output is never written again,
     yesterday's partition of a daily job, would keep its staged copy forever). Judged by the
     owner record ``staging_dir`` puts in each (``sweep_orphans``): never a live run's."""
@@ -296,7 +296,7 @@ def beside(model_dir: str) -> tuple[str, str, list[str]]:
 def recover_model_dir(model_dir: str) -> list[str]:
     """Under the model lock: tidy what dead runs left beside ``model_dir``; returns the paths.
 
-    Staging directories (``.<name>.tmp-*``, ``pipeline.staging_dir``) are removed: with the
+    Staging directories (``.<name>.tmp-*``, ``atomic.staging_dir``) are removed: with the
     lock held no live run can own one. A ``<name>.old-<pid>`` left by a publish killed between
     its two renames (``atomic.replace_dir``) is the previous complete model: it is put back when
     ``model_dir`` is missing, and removed otherwise.

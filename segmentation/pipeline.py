@@ -13,14 +13,11 @@ Each step lives in its own layer; this module only wires them together.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from segmentation.atomic import replace_dir
 from segmentation.config import SegmentConfig
 from segmentation.data.blockcache import CachedBlocks, CacheSink, cache_blocks
 from segmentation.data.blockstore import (BlockManifest, FileSink, add_creative_index, default_block_dir,
@@ -31,7 +28,6 @@ from segmentation.data.read import read_exposures
 from segmentation.data.validate import ValidationReport, scan_and_validate, validate_and_encode
 from segmentation.model import SegmentationModel
 from segmentation.errors import ConfigError
-from segmentation.ownership import OWNER_FILE, write_owner
 from segmentation.oracle.spark import SparkOracle
 from segmentation.oracle.spark_cache import SparkCacheOracle
 from segmentation.solver.curvature import resolve_curvature
@@ -312,46 +308,3 @@ def out_of_fold_evidence(prepared: PreparedData, cv) -> dict:
 
     sums = calibration_sums(prepared.oracle, np.stack([f.beta for f in cv.fold_fits]))
     return evidence(sums, prepared.structure, cv.final_fit.fused)
-
-
-def publish_dir(tmp_dir: str, final_dir: str, overwrite: bool) -> None:
-    """Move a fully written output directory into place (rename; old copy removed after)."""
-    if os.path.exists(final_dir) and not overwrite:
-        raise FileExistsError(f"{os.path.abspath(final_dir)} exists and output.overwrite is false")
-    try:
-        os.unlink(os.path.join(tmp_dir, OWNER_FILE))    # staging_dir's owner record stays behind
-    except FileNotFoundError:
-        pass
-    replace_dir(tmp_dir, final_dir)
-
-
-def staging_dir(final_dir: str) -> str:
-    """A fresh directory beside ``final_dir`` (same filesystem, so the final rename is atomic),
-    with the permissions of a directory made normally (``mkdtemp`` makes it 0700, which the
-    published model directory would keep: unreadable to anyone but the scheduler's user).
-    It holds this process's owner record (``ownership.OWNER_FILE``, dropped by ``publish_dir``),
-    so a later run removes it if this one is killed: every call first sweeps the staging
-    directories of dead runs in the same parent (``ownership.sweep_staging_dirs``: never a live
-    run's, nor one younger than the grace period), so each writer tidies where it writes."""
-    from segmentation import ownership
-
-    parent = os.path.dirname(os.path.abspath(final_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    ownership.sweep_staging_dirs(parent, ownership.DEFAULT_GRACE_SECONDS)
-    path = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
-    os.chmod(path, 0o777 & ~_umask())
-    write_owner(path)
-    return path
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (``os.umask`` would change it for every
-    thread for a moment); 0o022 where /proc is missing."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022

@@ -61,7 +61,8 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
     ``mlflow.enabled`` the fit is one parent run (id in ``model.selection['mlflow_run_id']``
     for CV fits and in ``model.fit['mlflow_run_id']`` always).
     """
-    from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_single, prepare, publish_dir, staging_dir
+    from segmentation.atomic import publish_dir, staging_dir
+    from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_single, prepare
     from segmentation.policy.assign import segment_shares
 
     out_dir = cfg.output.model_dir

@@ -77,7 +77,7 @@ def test_exchange_is_available_here(tmp_path):
 def test_staging_dir_has_normal_permissions(tmp_path):
     """The model directory is published by renaming its staging directory: it must not keep
     mkdtemp's 0700 (readers other than the scheduler's user could not open model.json)."""
-    from segmentation.pipeline import staging_dir
+    from segmentation.atomic import staging_dir
 
     umask = os.umask(0o022)
     try:

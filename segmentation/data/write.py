@@ -136,7 +136,7 @@ def _replace_local_partition(df, path: str, day: _dt.date) -> None:
     import shutil
 
     from segmentation.atomic import replace_dir
-    from segmentation.pipeline import staging_dir
+    from segmentation.atomic import staging_dir
 
     part = f"{RUN_DATE_COL}={day.isoformat()}"
     os.makedirs(path, exist_ok=True)

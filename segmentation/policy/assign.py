@@ -142,7 +142,7 @@ def write_parquet_atomic(df, path: str) -> None:
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.startswith("file://"):
         df.write.mode("overwrite").parquet(path)
         return
-    from segmentation.pipeline import staging_dir
+    from segmentation.atomic import staging_dir
 
     local = path.removeprefix("file://")
     final = os.path.abspath(local)

@@ -10,7 +10,7 @@ Steps (all checks before anything is written):
 3. ``plan.plan_allocation`` on the persisted values: the offered set, prices, the assignment;
 4. the assignment written as Parquet into a staging directory beside the output, its head counts
    read back and checked against the limits, the report files rendered there, then the directory
-   published by one rename (``pipeline.staging_dir`` / ``publish_dir``): readers see the old
+   published by one rename (``atomic.staging_dir`` / ``publish_dir``): readers see the old
    output or the new one, and a failure leaves nothing;
 5. with out-of-fold values, the held-out DR evaluation (``heldout``) in the same run;
 6. MLflow (``report.log_to_mlflow``) after publishing.
@@ -221,7 +221,7 @@ def _out_of_fold(spark, cfg, model, stage: str):
 
 def allocate(cfg, spark=None) -> AllocationResult:
     """Run ``segment allocate`` for a validated config (see the module docstring)."""
-    from segmentation.pipeline import publish_dir, staging_dir
+    from segmentation.atomic import publish_dir, staging_dir
 
     t0 = time.time()
     tc = cfg.transport

@@ -4,7 +4,7 @@ the temp directories of the package shipped to executors, and stale resume check
 model directories. Never while the owner lives.
 
 The owner is a real process that makes these with the package's own functions
-(``pipeline.staging_dir``, ``spark_session.package_archive``, ``resume``'s checkpoint) and then
+(``atomic.staging_dir``, ``spark_session.package_archive``, ``resume``'s checkpoint) and then
 sleeps; "dead" is that process killed by SIGKILL (by pid) and reaped.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from segmentation.workflow import demo_config
 OWNER = r"""
 import json, os, sys, time
 from segmentation.ownership import ModelDirLock, owner_record
-from segmentation.pipeline import staging_dir
+from segmentation.atomic import staging_dir
 from segmentation.resume import checkpoint_dir
 from segmentation.selection.checkpoint import PathCheckpoint
 from segmentation.spark_session import package_archive
@@ -257,7 +257,7 @@ def test_the_next_fit_removes_what_a_sigkilled_fit_left(small_campaign, tmp_path
 
 STAGER = r"""
 import sys, time
-from segmentation.pipeline import staging_dir
+from segmentation.atomic import staging_dir
 print(staging_dir(sys.argv[1]), flush=True)
 time.sleep(600)
 """
@@ -272,7 +272,7 @@ def _stager(final: str):
 
 def test_every_writer_sweeps_dead_staging_where_it_writes(spark, tmp_path, monkeypatch):
     """A Parquet output (``write_parquet_atomic``) and a run-date partition (``write_output``)
-    stage under ``pipeline.staging_dir`` with an owner record; a killed writer's staging beside
+    stage under ``atomic.staging_dir`` with an owner record; a killed writer's staging beside
     them is removed by the next writer there, a live writer's is not, and none of the writers
     leaves its own."""
     from segmentation import ownership
