@@ -328,6 +328,18 @@ def run_evaluate_process(args, data_dir: str, tag: str, model_dir: str) -> dict:
     return out
 
 
+def cv_model_for(args, n: int) -> str:
+    """The model directory of the cv run at ``--eval-model-rows`` rows, else at ``n`` rows,
+    else at the largest size below ``n`` that has one (same simulator, same columns)."""
+    runs = os.path.join(args.out, "runs")
+    have = sorted(int(d[1:-3]) for d in os.listdir(runs) if d.startswith("r") and d.endswith("-cv")
+                  and os.path.exists(os.path.join(runs, d, "model", "model.json")))
+    pick = args.eval_model_rows or (n if n in have else max([m for m in have if m < n], default=None))
+    if pick not in have:
+        raise SystemExit(f"--runs evaluate needs the model of a cv run (at {n:,} rows or fewer) under {runs}")
+    return os.path.join(runs, f"r{pick}-cv", "model")
+
+
 def _find_key(d, key):
     """The first value of ``key`` anywhere in a nested dict/list (evaluation.json's layout)."""
     if isinstance(d, dict):
@@ -448,7 +460,7 @@ def build_report(args, meta: dict, R: dict) -> str:
             L.append(f"  eval  process {e['wall']:7.1f} s: session {e['steps'].get('session', 0):.1f}, "
                      + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
                      + f"; K-means (inside baselines) {km:.1f} s = {km / e['wall']:.0%} of the process; "
-                     f"Spark jobs {e['events']['jobs']}")
+                     f"Spark jobs {e['events']['jobs']}; model of {e.get('model_from', '?').split(os.sep)[-2]}")
             pk = e["peak"]
             L.append(f"        peak RSS: driver Python {mb(pk['driver_py_kb'])}, JVM {mb(pk['jvm_kb'])}, "
                      f"Python workers {mb(pk['workers_kb'])}; cached design {gib(pk['block_bytes'])}")
@@ -606,11 +618,9 @@ def main(argv=None) -> None:
             r["cv"] = run_fit_process(args, data_dir, f"{tag}-cv", {}, mlflow=args.cv_mlflow)
             print(f"[{n:,}] cv process {r['cv']['wall']:.1f} s, {r['cv']['passes']} passes", flush=True)
         if "evaluate" in args.runs:
-            src = f"r{args.eval_model_rows}" if args.eval_model_rows else tag
-            cv_model = os.path.join(args.out, "runs", f"{src}-cv", "model")
-            if not os.path.exists(os.path.join(cv_model, "model.json")):
-                raise SystemExit(f"--runs evaluate needs the model of a cv run at {n:,} rows ({cv_model})")
+            cv_model = cv_model_for(args, n)
             r["evaluate"] = run_evaluate_process(args, data_dir, f"{tag}-eval", cv_model)
+            r["evaluate"]["model_from"] = cv_model
             print(f"[{n:,}] evaluate process {r['evaluate']['wall']:.1f} s", flush=True)
         save()
     if args.mllib_rows:
