@@ -17,7 +17,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.oracle.kernel import BlockSums, auc_from_histogram, curvature_mode
+from segmentation.oracle.kernel import AUC_BINS, BlockSums, auc_from_histogram, curvature_mode
+
+RESULT_BYTES_PER_JOB = 256 << 20
+"""What one Spark job of a pass may send to the driver, summed over its blocks. Every block
+answers for every model, so a pass over many models (the relaxed refits of a CV, the held-out
+scores of its blends: hundreds of models with K p x p Hessians or 3,000-bin histograms each)
+times many blocks would exceed ``spark.driver.maxResultSize`` (1 GiB by default: a 5-fold CV
+at 3M rows in 30 blocks sent 1.1 GiB and failed). Above this the pass's models are split into
+chunks, one job each; the answer is the same (models are independent)."""
+
+
+def result_bytes_per_model(n_creatives: int, n_features: int, curvature, heldout) -> int:
+    """Bytes one block sends back for one model: loss, gradient, largest |eta|, held-out loss,
+    plus the Hessians (K p^2), their diagonals (K p) or the held-out histogram (2 x AUC_BINS)."""
+    K, p = int(n_creatives), int(n_features)
+    n = 2 + K * p + K
+    mode = curvature_mode(curvature)
+    if mode == "full":
+        n += K * p * p
+    elif mode == "diagonal":
+        n += K * p
+    if heldout:
+        n += 2 * AUC_BINS
+    return 8 * n
 
 
 @dataclass
@@ -52,6 +75,12 @@ class Oracle(abc.ABC):
     counts: np.ndarray               # (F, K) training rows per fold and creative
     positives: np.ndarray            # (F, K) positive responses per fold and creative
     passes: int = 0                  # data passes made so far
+    result_budget: int = RESULT_BYTES_PER_JOB   # per job of a pass (see RESULT_BYTES_PER_JOB)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks (partitions) that each answer for every model of a pass."""
+        return 1
 
     @abc.abstractmethod
     def _sums(self, betas: np.ndarray, include: np.ndarray, curvature,
@@ -83,7 +112,7 @@ class Oracle(abc.ABC):
         if np.any(n_train == 0):
             raise ValueError("a model has no training rows")
         curvature = curvature if isinstance(curvature, (bool, np.bool_)) else curvature_mode(curvature)
-        s = self._sums(betas, include, curvature, heldout, label)
+        s = self._chunked_sums(betas, include, curvature, heldout, label)
         self.passes += 1
         scale = 1.0 / n_train
         if only:
@@ -103,6 +132,31 @@ class Oracle(abc.ABC):
             hess_diag=None if s.hess_diag is None else s.hess_diag * scale[:, None, None],
             heldout_hist=s.heldout_hist,
         )
+
+    def model_chunks(self, M: int, curvature, heldout) -> list[slice]:
+        """The models of a pass in chunks whose answers, over all blocks, fit ``result_budget``."""
+        per_model = self.n_blocks * result_bytes_per_model(self.n_creatives, self.n_features,
+                                                           curvature, heldout)
+        size = max(1, int(self.result_budget // per_model))
+        return [slice(a, min(M, a + size)) for a in range(0, M, size)]
+
+    def _chunked_sums(self, betas, include, curvature, heldout, label) -> BlockSums:
+        """``_sums`` over ``model_chunks``: one job per chunk, answers stacked in model order."""
+        chunks = self.model_chunks(betas.shape[0], curvature, heldout)
+        if len(chunks) == 1:
+            return self._sums(betas, include, curvature, heldout, label)
+        M = betas.shape[0]
+        parts = [self._sums(betas[c], include[c], curvature, heldout,
+                            f"{label or 'likelihood pass'} (models {c.start + 1}-{c.stop} of {M})")
+                 for c in chunks]
+
+        def stack(name):
+            vals = [getattr(q, name) for q in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals, axis=0)
+
+        return BlockSums(loss=stack("loss"), grad=stack("grad"), hess=stack("hess"),
+                         max_abs_eta=stack("max_abs_eta"), heldout_loss=stack("heldout_loss"),
+                         heldout_hist=stack("heldout_hist"), hess_diag=stack("hess_diag"))
 
     def n_rows(self, include=None) -> float:
         include = np.ones(self.n_folds, dtype=bool) if include is None else np.asarray(include, bool)

@@ -39,6 +39,10 @@ class LocalOracle(Oracle):
         ]
         return cls(blocks)
 
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
     def _sums(self, betas, include, curvature, heldout, label) -> BlockSums:
         M, K, p = betas.shape
         total = BlockSums.zeros(M, K, p, curvature)

@@ -38,6 +38,10 @@ class SparkOracle(Oracle):
         self.passes = 0
         self.jobs = 0
 
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_paths)
+
     @classmethod
     def from_manifest(cls, spark, manifest) -> "SparkOracle":
         return cls(spark, manifest.paths, counts=manifest.counts, positives=manifest.positives,

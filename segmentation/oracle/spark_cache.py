@@ -59,6 +59,10 @@ class SparkCacheOracle(Oracle):
         self.key_rebuilds = 0
         self._keys_df = self._key_frame()
 
+    @property
+    def n_blocks(self) -> int:
+        return len(self.cache.parts)
+
     def _key_frame(self):
         """The frame a pass scans: the key columns of the cache, locally checkpointed. Scanning
         the persisted frame itself re-plans its whole lineage (the encoding's expressions) on

@@ -118,3 +118,40 @@ def test_solver_iterates_agree_on_local_and_spark_oracles(spark, tmp_path):
     np.testing.assert_array_equal(a.fused, b.fused)
     np.testing.assert_allclose(b.beta, a.beta, rtol=1e-9, atol=1e-11)
     assert b.objective == pytest.approx(a.objective, rel=1e-12)
+
+
+def _same(a, b):
+    for name in ("loss", "grad", "hess", "hess_diag", "max_abs_eta", "heldout_loss", "heldout_auc",
+                 "heldout_hist"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_a_pass_over_more_models_than_its_result_budget_runs_in_chunks(spark, tmp_path):
+    """The answers of every block for every model must fit spark.driver.maxResultSize; above
+    ``result_budget`` a pass runs one job per chunk of models, with the same answer."""
+    from segmentation.oracle.base import result_bytes_per_model
+
+    X, y, creative, fold = _data()
+    remote = _spark_oracle(spark, tmp_path, X, y, creative, fold, 4)
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F,
+                                    add_intercept=False, n_blocks=4)
+    rng = np.random.default_rng(5)
+    M = 11
+    betas = rng.normal(scale=0.3, size=(M, K, P))
+    include = ~np.eye(F, dtype=bool)[rng.integers(0, F, M)]
+    for curvature, heldout in ((True, True), ("diagonal", False), (False, "only")):
+        whole = local.evaluate(betas, include, curvature=curvature, heldout=heldout)
+        one = 4 * result_bytes_per_model(K, P, curvature, heldout)     # one model, all 4 blocks
+        for o in (remote, local):
+            o.result_budget = 3 * one + 1                                # 3 models per job
+            assert [c.stop - c.start for c in o.model_chunks(M, curvature, heldout)] == [3, 3, 3, 2]
+        jobs = remote.jobs
+        _same(remote.evaluate(betas, include, curvature=curvature, heldout=heldout), whole)
+        assert remote.jobs - jobs == 4
+        _same(local.evaluate(betas, include, curvature=curvature, heldout=heldout), whole)
+    assert remote.passes == 3                                            # a pass is still one pass
+    remote.result_budget = 1                                             # never below one model a job
+    assert len(remote.model_chunks(M, True, True)) == M
