@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segmentation.oracle.kernel import AUC_BINS, BlockSums, auc_from_histogram, curvature_mode
+from segmentation.oracle.kernel import (AUC_BINS, BlockSums, auc_from_histogram, curvature_mode,
+                                       hessian_models)
 
 RESULT_BYTES_PER_JOB = 256 << 20
 """What one Spark job of a pass may send to the driver, summed over its blocks. Every block
@@ -92,13 +93,13 @@ class Oracle(abc.ABC):
         """One pass over the data for M models. ``include`` (M, F) defaults to all folds.
 
         ``curvature``: True/"full" (Hessians), "diagonal" (their diagonals, ``hess_diag``),
-        False/"none". ``heldout``: True adds held-out loss and AUC; "only" computes just those
-        (``loss``, ``grad`` and ``max_abs_eta`` are then nan: no training-row work at all)."""
+        False/"none", or an (M,) bool array: the Hessians of the models it marks only (the
+        other models' ``hess`` are nan; ``kernel.hessian_models``). ``heldout``: True adds
+        held-out loss and AUC; "only" computes just those (``loss``, ``grad`` and
+        ``max_abs_eta`` are then nan: no training-row work at all)."""
         only = isinstance(heldout, str)
         if only and heldout != "only":
             raise ValueError(f"heldout must be True, False or 'only'; got {heldout!r}")
-        if only and curvature not in (False, "none"):
-            raise ValueError("heldout='only' computes no curvature: pass curvature=False")
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim == 2:
             betas = betas[None]
@@ -111,7 +112,15 @@ class Oracle(abc.ABC):
         n_test = (~include).astype(float) @ self.counts.sum(axis=1)
         if np.any(n_train == 0):
             raise ValueError("a model has no training rows")
-        curvature = curvature if isinstance(curvature, (bool, np.bool_)) else curvature_mode(curvature)
+        want = None
+        if isinstance(curvature, (np.ndarray, list, tuple)):
+            want = hessian_models(np.asarray(curvature, dtype=bool), M)
+            # all or none marked: the plain modes (no per-model flags shipped to the tasks)
+            curvature = want if 0 < want.sum() < M else bool(want.all())
+        elif not isinstance(curvature, (bool, np.bool_)):
+            curvature = curvature_mode(curvature)
+        if only and curvature_mode(curvature) != "none":
+            raise ValueError("heldout='only' computes no curvature: pass curvature=False")
         s = self._chunked_sums(betas, include, curvature, heldout, label)
         self.passes += 1
         scale = 1.0 / n_train
@@ -121,10 +130,13 @@ class Oracle(abc.ABC):
             s.max_abs_eta = np.full_like(np.asarray(s.max_abs_eta, dtype=float), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             held = np.where(n_test > 0, s.heldout_loss / n_test, np.nan)
+        hess = None if s.hess is None else s.hess * scale[:, None, None, None]
+        if hess is not None and want is not None:
+            hess[~want] = np.nan                   # not computed: never to be read as zero
         return OracleResult(
             loss=s.loss * scale,
             grad=s.grad * scale[:, None, None],
-            hess=None if s.hess is None else s.hess * scale[:, None, None, None],
+            hess=hess,
             max_abs_eta=s.max_abs_eta,
             heldout_loss=held,
             heldout_auc=None if s.heldout_hist is None else np.array(
@@ -146,12 +158,18 @@ class Oracle(abc.ABC):
         if len(chunks) == 1:
             return self._sums(betas, include, curvature, heldout, label)
         M = betas.shape[0]
-        parts = [self._sums(betas[c], include[c], curvature, heldout,
+        parts = [self._sums(betas[c], include[c],
+                            curvature[c] if isinstance(curvature, np.ndarray) else curvature, heldout,
                             f"{label or 'likelihood pass'} (models {c.start + 1}-{c.stop} of {M})")
                  for c in chunks]
 
         def stack(name):
             vals = [getattr(q, name) for q in parts]
+            if name == "hess" and isinstance(curvature, np.ndarray) and curvature.any():
+                # per-model Hessians: a chunk that marks none of its models brought none
+                K, p = self.n_creatives, self.n_features
+                vals = [np.zeros((c.stop - c.start, K, p, p)) if v is None else v
+                        for v, c in zip(vals, chunks)]
             return None if any(v is None for v in vals) else np.concatenate(vals, axis=0)
 
         return BlockSums(loss=stack("loss"), grad=stack("grad"), hess=stack("hess"),

@@ -18,7 +18,10 @@ Returned values are *sums* (not means): the caller divides by the training row c
 Curvature modes (``curvature``): ``"full"`` (or True) sums the per-creative Hessians
 X_c' W X_c, (M, K, p, p), O(n p^2) flops; ``"diagonal"`` sums only their diagonals
 sum_i w_i x_ik^2, (M, K, p), O(n p) flops (for large p, see ``solver.curvature``);
-``"none"`` (or False) neither.
+``"none"`` (or False) neither. An (M,) bool array asks for the full Hessians of the models
+it marks only (the others' stay zero): the solver's lazy curvature
+(``solver.prox_newton``) needs fresh Hessians for a few of the models of a pass, and the
+Hessians are nearly all of a pass's flops at p in the tens (n p^2 against n p).
 
 Held-out rows (those a model does not train on) give the cross-validation metrics: their
 summed loss, and a histogram of their linear predictor by response (``AUC_BINS`` bins of
@@ -77,13 +80,29 @@ CURVATURE_MODES = ("none", "diagonal", "full")
 
 
 def curvature_mode(curvature) -> str:
-    """Normalise the ``curvature`` argument: True -> "full", False/None -> "none", or one of
-    "full", "diagonal", "none"."""
+    """Normalise the ``curvature`` argument: True -> "full", False/None -> "none", one of
+    "full", "diagonal", "none", or an (M,) bool array of the models that want full Hessians
+    -> "full" when it marks any, else "none"."""
+    if isinstance(curvature, np.ndarray):
+        if curvature.dtype != np.bool_ or curvature.ndim != 1:
+            raise ValueError(f"a per-model curvature must be an (M,) bool array; got "
+                             f"{curvature.dtype} of shape {curvature.shape}")
+        return "full" if curvature.any() else "none"
     if curvature is None or isinstance(curvature, (bool, np.bool_)):
         return "full" if curvature else "none"
     if isinstance(curvature, str) and curvature in CURVATURE_MODES:
         return curvature
     raise ValueError(f"curvature must be True, False or one of {CURVATURE_MODES}; got {curvature!r}")
+
+
+def hessian_models(curvature, M: int) -> np.ndarray:
+    """(M,) bool: the models whose full Hessians a pass with this ``curvature`` computes."""
+    if isinstance(curvature, np.ndarray):
+        if curvature.shape != (M,):
+            raise ValueError(f"a per-model curvature must have one flag per model ({M}); "
+                             f"got shape {curvature.shape}")
+        return curvature.astype(bool)
+    return np.full(M, curvature_mode(curvature) == "full")
 
 
 AUC_RANGE = 15.0
@@ -150,6 +169,7 @@ def block_statistics(
     if block.n_creatives != K or include.shape != (M, F):
         raise ValueError("block, coefficients and include mask disagree on K or F")
     mode = curvature_mode(curvature)
+    want_hess = hessian_models(curvature, M)
     out = BlockSums.zeros(M, K, p, mode)
     if heldout:
         out.heldout_hist = np.zeros((M, AUC_BINS, 2))
@@ -171,7 +191,8 @@ def block_statistics(
                 if mode == "full":
                     w = mu * (1.0 - mu)
                     for t, m in enumerate(train):
-                        out.hess[m, c] += (X * w[:, t, None]).T @ X
+                        if want_hess[m]:
+                            out.hess[m, c] += (X * w[:, t, None]).T @ X
                 elif mode == "diagonal":
                     w = mu * (1.0 - mu)
                     out.hess_diag[train, c, :] += _weighted_square_sums(X, w).T

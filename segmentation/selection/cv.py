@@ -59,7 +59,7 @@ from segmentation.selection.grid import lambda_grid, null_fits
 from segmentation.selection.jobs import count_jobs
 from segmentation.selection.relax import RELAX_GRID, RelaxResult, blend, relax_path
 from segmentation.selection.scores import HeldoutScores, standard_error
-from segmentation.solver.prox_newton import FitResult, Problem, fit_many
+from segmentation.solver.prox_newton import FitResult, Problem, drop_hessians, fit_many
 from segmentation.solver.structure import SegmentStructure
 
 RULES = ("min", "1se", "1se_unpaired")
@@ -455,6 +455,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                     checkpoint.save("relax", res.relax)
             else:
                 say(f"[{name}] relaxed refits read back from the checkpoint")
+        # the last warm starts' lazy-curvature Hessians served the relaxed refits' starts
+        drop_hessians(f for p in res.points.values() for f in [p.full] + list(p.folds or []))
     res.jobs = jc.jobs if spark is not None else None
     res.job_group = jc.group if spark is not None else None
     res.passes = oracle.passes - passes0
@@ -599,6 +601,11 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
             prev_full[a] = p.full
             for f in range(F):
                 prev_fold[(a, f)] = p.folds[f]
+        # only the warm starts keep their lazy-curvature Hessians, as in an uninterrupted run
+        # (a stop between saving a step and re-saving the one before can leave more)
+        live = {id(f) for f in list(prev_full.values()) + list(prev_fold.values())}
+        drop_hessians(f for p in points.values() for f in [p.full] + list(p.folds or [])
+                      if id(f) not in live)
         pending = {(a, k, f): (masks[f], p.folds[f].beta) for (a, k), p in sorted(points.items())
                    for f in range(F) if (a, k, f) not in found}
         say(f"[{name}] resuming after lambda {k0}/{n_steps}: {len(points)} grid points read back "
@@ -606,6 +613,7 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
         for j in range(k0 - 1 if F else k0):
             announce(j)
 
+    last_saved = None
     for k in range(k0, n_steps):
         active = [a for a in range(A) if a not in stopped and k < len(grids[a])]
         if not active:
@@ -685,16 +693,22 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
                                        np.full(F, np.nan), np.full(F, np.nan), step_passes, mine)
             # the fits of index k - 1 served as warm starts: free their Anderson secant history
             # (diagonal mode, ~2 AA_MEMORY (m + K) p doubles each; the new fits carry their own)
+            # and their lazy-curvature Hessians (full mode, K p^2 doubles each)
             prev_full[a].secant = None
+            drop_hessians([prev_full[a]])
             prev_full[a] = full
             for f in range(F):
                 prev_fold[(a, f)].secant = None
+                drop_hessians([prev_fold[(a, f)]])
                 prev_fold[(a, f)] = fold_res[f]
                 pending[(a, k, f)] = (masks[f], fold_res[f].beta)
         if checkpoint is not None:
-            checkpoint.save(checkpoint.step_name(k), {
-                "points": {key: p for key, p in points.items() if key[1] == k}, "step": steps[-1],
-                "stopped": dict(stopped), "found": dict(found)})
+            saved = {"points": {key: p for key, p in points.items() if key[1] == k},
+                     "step": steps[-1], "stopped": dict(stopped), "found": dict(found)}
+            checkpoint.save(checkpoint.step_name(k), saved)
+            if last_saved is not None:       # the step before, now without its dropped Hessians
+                checkpoint.save(checkpoint.step_name(k - 1), last_saved)
+            last_saved = saved
         if k > 0:
             announce(k - 1)
         if not F:

@@ -38,7 +38,7 @@ import numpy as np
 from segmentation.errors import SeparationError
 from segmentation.selection.scores import HeldoutScores
 from segmentation.solver.penalty import PenaltyWeights, to_beta
-from segmentation.solver.prox_newton import FitResult, Problem, fit_many
+from segmentation.solver.prox_newton import FitResult, Problem, drop_hessians, fit_many
 from segmentation.solver.structure import SegmentStructure
 
 RELAX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -143,6 +143,7 @@ def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID, tol:
             probs += relax_problems([f_], [inc], cv.alphas[key[0]], light[key[0]], [lab])
         res = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
                        label=f"{name}: relaxed refits", curvature=curvature)
+        drop_hessians(res)
         refit.update(zip(keys, res))
 
     alphas_all = sorted(by_alpha)

@@ -84,6 +84,12 @@ ROUNDING_STEPS = 10
 AA_MEMORY = 10          # Anderson acceleration (diagonal mode): model solutions remembered
 AA_METRIC_SCALE = 1.0   # its metric: AA_METRIC_SCALE * diag(H_c), fixed during a fit
 AA_REG = 1e-10          # its least-squares regularisation, relative to trace(dF'dF)
+# lazy curvature (full mode, ``lazy_hessian``): the Hessians of the last refresh are reused at
+# most HESSIAN_MAX_AGE - 1 further points; fresh ones are asked for after a step whose actual
+# decrease was below LAZY_RHO of the model's, or whose KKT residual fell by less than LAZY_RATE
+HESSIAN_MAX_AGE = 3
+LAZY_RHO = 0.5
+LAZY_RATE = 0.25
 QUASI_NEWTON = ("anderson", "spectral")
 
 
@@ -110,6 +116,9 @@ class FitResult:
     max_abs_eta: np.ndarray | None = None   # (K,) the oracle's max |eta| there
     include: np.ndarray | None = None       # (F,) bool training folds of the fit (None: all)
     accelerated: int = 0         # accepted Anderson steps (diagonal mode)
+    hess_age: int = 0            # accepted points since ``hess`` was computed (lazy curvature)
+    n_hessians: int = 0          # passes that computed this fit's curvature (full mode: its
+                                 # K Hessians; lazy curvature skips them on most passes)
     # Anderson mode: the last secant differences (dF, dG), each (m p + K p, <= AA_MEMORY), that
     # seed the history of a fit warm-started from this one (ProxNewton._anderson)
     secant: tuple | None = None
@@ -154,7 +163,7 @@ class ProxNewton:
                  tol: float = 1e-6, max_iter: int = 50, warm_start=None, *,
                  train_counts=None, train_positives=None, label: str = "",
                  curvature: str = "full", weights: PenaltyWeights | None = None,
-                 quasi_newton: str = "anderson"):
+                 quasi_newton: str = "anderson", lazy_hessian: bool = True):
         self.structure = structure
         # "full": tell() takes (K, p, p) Hessians; "diagonal": (K, p) Hessian diagonals and the
         # model uses the diagonal metric (proximal quasi-Newton, ``solver/curvature.py``)
@@ -164,6 +173,12 @@ class ProxNewton:
         if quasi_newton not in QUASI_NEWTON:
             raise ValueError(f"quasi_newton must be one of {QUASI_NEWTON}; got {quasi_newton!r}")
         self.quasi_newton = quasi_newton
+        # full mode: reuse the last Hessians while the steps they give make fast progress
+        self.lazy = bool(lazy_hessian) and self.curvature == "full"
+        self.hess_age = 0                # accepted points since self.hess was computed
+        self._refresh = True             # the next trial's pass should bring fresh Hessians
+        self._last_rho = 1.0             # actual / predicted decrease of the last step
+        self.n_hessians = 0
         anderson = self.curvature == "diagonal" and quasi_newton == "anderson"
         self.aa_memory = AA_MEMORY if anderson else 0
         if anderson:
@@ -188,6 +203,12 @@ class ProxNewton:
             gamma[:, 0] = _pooled_log_odds(structure, train_counts, train_positives)
         self.gamma, self.delta = self.penalty.project_feasible(gamma, delta)
         self._seed = None
+        carried = getattr(warm_start, "hess", None)
+        if self.lazy and carried is not None and carried.shape == (K, p, p):
+            # lazy curvature along a path: the warm start's last Hessians are the first metric
+            self.hess = carried
+            self.hess_age = int(getattr(warm_start, "hess_age", 0))   # +1 when the start is told
+            self._refresh = self.hess_age + 1 >= HESSIAN_MAX_AGE
         sec = getattr(warm_start, "secant", None)
         if (self.aa_memory and sec is not None and sec[0].shape[0] == (m + K) * p
                 and np.isfinite(getattr(warm_start, "lam", np.nan))):     # not from a null fit
@@ -196,7 +217,9 @@ class ProxNewton:
         # current accepted point
         self.loss = np.nan
         self.pen_value = self.penalty.value(self.gamma, self.delta)
-        self.grad = self.hess = self.eta = None
+        self.grad = self.eta = None
+        if not (self.lazy and carried is not None and carried.shape == (K, p, p)):
+            self.hess = None
         self.residual = np.inf
         # line search
         self._trial = (self.gamma, self.delta)
@@ -231,19 +254,39 @@ class ProxNewton:
             return None
         return to_beta(self.structure, *self._trial)
 
+    @property
+    def wants_hessian(self) -> bool:
+        """Whether the pass at the point of ``ask()`` should compute this fit's Hessians (full
+        mode). Always, unless lazy: then only at the start, on a backtracking trial (where
+        the step was too long for the model), when the Hessians in use are HESSIAN_MAX_AGE
+        points old, or after a step that made slow progress (LAZY_RHO, LAZY_RATE). A stale
+        Hessian is still a positive semi-definite metric, so every step is a proximal
+        quasi-Newton step with the same line search, and convergence is still declared only
+        from the KKT residual of the exact gradient."""
+        if not self.lazy:
+            return True
+        return self.hess is None or self._t < 1.0 or self._refresh
+
     def tell(self, loss, grad, hess, max_abs_eta) -> None:
         """The oracle's answer at the point returned by the last ask(); ``hess`` is (K, p, p)
-        (full curvature) or the (K, p) Hessian diagonals (``curvature="diagonal"``)."""
+        (full curvature) or the (K, p) Hessian diagonals (``curvature="diagonal"``); None when
+        the pass did not compute them (lazy curvature: only when ``wants_hessian`` was False)."""
         if self._done:
             raise RuntimeError("tell() after the fit finished")
         K, p = self.structure.n_creatives, self.p
         loss = float(np.asarray(loss).reshape(()))
         grad = np.asarray(grad, dtype=np.float64).reshape(K, p)
-        hess = np.asarray(hess, dtype=np.float64).reshape(
-            (K, p, p) if self.curvature == "full" else (K, p))
+        if hess is None:
+            if not (self.lazy and self.hess is not None):
+                raise ValueError("tell() needs the curvature at this point (wants_hessian)")
+        else:
+            hess = np.asarray(hess, dtype=np.float64).reshape(
+                (K, p, p) if self.curvature == "full" else (K, p))
+            self.n_hessians += 1
         eta = np.asarray(max_abs_eta, dtype=np.float64).reshape(K)
         self.n_passes += 1
-        finite = np.isfinite(loss) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))
+        finite = (np.isfinite(loss) and np.all(np.isfinite(grad))
+                  and (hess is None or np.all(np.isfinite(hess))))
         if not self._started:
             if not finite:
                 raise FloatingPointError(
@@ -272,6 +315,8 @@ class ProxNewton:
             self._set_trial(self._plain_pen)
             return
         if F_trial <= bound:
+            predicted = self._t * self._decrement
+            self._last_rho = (F_trial - F_k) / predicted if predicted < 0 else 1.0
             self.gamma, self.delta = self._trial
             self.pen_value = self._trial_pen
             if self.curvature == "diagonal" and self.quasi_newton == "spectral":
@@ -299,8 +344,9 @@ class ProxNewton:
             residual=self.residual, n_iter=self.n_iter, n_passes=self.n_passes,
             converged=self._converged, fused=np.all(self.delta == 0.0, axis=1),
             message=self.message, lam=self.penalty.lam, alpha=self.penalty.alpha,
-            inner_iterations=self.inner_iterations, grad=self.grad.copy(),
-            hess=self.hess.copy() if self.curvature == "diagonal" else None,
+            inner_iterations=self.inner_iterations, grad=self.grad.copy(), n_hessians=self.n_hessians,
+            hess=self.hess.copy() if self.curvature == "diagonal" or self.lazy else None,
+            hess_age=self.hess_age,
             max_abs_eta=np.array(self.eta, copy=True),
             accelerated=self.n_accelerated,
             secant=self._secant() if self.aa_memory and (self._aa_hist or self._seed) else None,
@@ -319,8 +365,17 @@ class ProxNewton:
 
     # ---- internals ----------------------------------------------------------------------
     def _accept(self, loss, grad, hess, eta) -> None:
+        if hess is None:                       # lazy curvature: keep the last Hessians
+            hess, self.hess_age = self.hess, self.hess_age + 1
+        else:
+            self.hess_age = 0
+        previous = self.residual
         self.loss, self.grad, self.hess, self.eta = loss, grad, hess, eta
         self.residual = kkt_residual(self.penalty, self.gamma, self.delta, grad)
+        if self.lazy:
+            slow = np.isfinite(previous) and self.residual > LAZY_RATE * previous
+            self._refresh = bool(self.hess_age + 1 >= HESSIAN_MAX_AGE or slow
+                                 or self._last_rho < LAZY_RHO)
         self.monitor.update(self.objective, eta)
         direction = None
         if self.residual <= self.tol:
@@ -511,6 +566,15 @@ class ProxNewton:
                 ConvergenceWarning, stacklevel=3)
 
 
+def drop_hessians(fits) -> None:
+    """Free the full K x p x p Hessians that lazy curvature keeps on FitResults (to start the
+    next fit of a path): once a fit has served as a warm start they are dead weight, K p^2
+    doubles per fit (the Hessian diagonals of diagonal mode, K p, stay)."""
+    for f in fits:
+        if f is not None and f.hess is not None and f.hess.ndim == 3:
+            f.hess = None
+
+
 def _pooled_log_odds(structure: SegmentStructure, counts, positives) -> np.ndarray:
     """Per-segment logit of the pooled response rate (clipped away from 0 and 1): a cold start
     for gamma_j[0] that costs no pass."""
@@ -543,7 +607,7 @@ def _include_mask(oracle, include) -> np.ndarray:
 
 def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6,
              max_iter: int = 50, label: str = "", curvature: str = "auto",
-             quasi_newton: str = "anderson") -> list[FitResult]:
+             quasi_newton: str = "anderson", lazy_hessian: bool = True) -> list[FitResult]:
     """Fit independent problems (dicts or ``Problem``: lam, alpha, include, warm_start, label)
     on one oracle, advancing them together: each ``oracle.evaluate`` call carries the stacked
     points of every unfinished problem, with its include mask (M, F). A problem needs about
@@ -558,6 +622,10 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
     ``quasi_newton`` (diagonal mode): "anderson" (default: the unscaled diagonal metric with
     Anderson acceleration of its steps, ``ProxNewton._anderson``) or "spectral" (the former
     per-creative Barzilai-Borwein scaling of the diagonal, ``ProxNewton._adapt_metric``).
+
+    ``lazy_hessian`` (full mode, default): a pass computes the Hessians of only the problems
+    whose state asks for them (``ProxNewton.wants_hessian``; the oracle's per-model curvature),
+    the others reuse their last ones. Measured: ``benchmarks/bench_lazy_hessian.py``.
 
     A problem with ``reuse_warm_answer`` whose warm start is a FitResult with the same include
     mask and curvature mode starts from that fit's final oracle answer (no pass at the warm
@@ -577,7 +645,7 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
             structure, pr.lam, pr.alpha, oracle.n_features, tol=tol, max_iter=max_iter,
             warm_start=pr.warm_start, train_counts=inc.astype(float) @ oracle.counts,
             train_positives=inc.astype(float) @ oracle.positives, label=name, curvature=mode,
-            weights=pr.weights, quasi_newton=quasi_newton))
+            weights=pr.weights, quasi_newton=quasi_newton, lazy_hessian=lazy_hessian))
         answer = _warm_answer(pr, inc, mode, structure.n_creatives, oracle.n_features)
         if answer is not None:
             states[-1].start_from(*answer)
@@ -589,8 +657,9 @@ def fit_many(oracle, structure: SegmentStructure, problems, *, tol: float = 1e-6
         betas = np.stack([b for _, b in asks])
         include = np.stack([masks[i] for i in idx])
         if mode == "full":
-            res = oracle.evaluate(betas, include, curvature=True, label=label)
-            curv = res.hess
+            want = np.array([states[i].wants_hessian for i in idx], dtype=bool)
+            res = oracle.evaluate(betas, include, curvature=want, label=label)
+            curv = [res.hess[row] if want[row] else None for row in range(len(idx))]
         else:
             res = oracle.evaluate(betas, include, curvature="diagonal", label=label)
             curv = res.hess_diag
@@ -620,12 +689,13 @@ def _warm_answer(pr: Problem, inc: np.ndarray, mode: str, K: int, p: int):
 def fit(oracle, structure: SegmentStructure, lam: float, alpha: float, *, include=None,
         warm_start=None, tol: float = 1e-6, max_iter: int = 50, label: str = "",
         curvature: str = "auto", weights: PenaltyWeights | None = None,
-        quasi_newton: str = "anderson", reuse_warm_answer: bool = False) -> FitResult:
+        quasi_newton: str = "anderson", reuse_warm_answer: bool = False,
+        lazy_hessian: bool = True) -> FitResult:
     """Fit one problem by proximal Newton (one oracle pass per trial point); ``curvature``,
-    ``quasi_newton`` and ``reuse_warm_answer`` as in ``fit_many`` / ``Problem``;
+    ``quasi_newton``, ``lazy_hessian`` and ``reuse_warm_answer`` as in ``fit_many`` / ``Problem``;
     ``weights`` per-block penalty factors (``penalty.PenaltyWeights``)."""
     return fit_many(oracle, structure,
                     [Problem(lam, alpha, include=include, warm_start=warm_start, label=label,
                              weights=weights, reuse_warm_answer=reuse_warm_answer)],
                     tol=tol, max_iter=max_iter, label=label, curvature=curvature,
-                    quasi_newton=quasi_newton)[0]
+                    quasi_newton=quasi_newton, lazy_hessian=lazy_hessian)[0]

@@ -155,3 +155,36 @@ def test_a_pass_over_more_models_than_its_result_budget_runs_in_chunks(spark, tm
     assert remote.passes == 3                                            # a pass is still one pass
     remote.result_budget = 1                                             # never below one model a job
     assert len(remote.model_chunks(M, True, True)) == M
+
+
+def test_a_pass_computes_the_hessians_of_the_models_it_marks_only(spark, tmp_path):
+    """Lazy curvature asks one pass for the Hessians of some of its models (an (M,) bool
+    ``curvature``): those equal a full pass's, the others are nan, the rest of the answer is
+    unchanged; on Spark and in numpy, whole and in chunks."""
+    X, y, creative, fold = _data()
+    remote = _spark_oracle(spark, tmp_path, X, y, creative, fold, 3)
+    local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F,
+                                    add_intercept=False, n_blocks=3)
+    rng = np.random.default_rng(7)
+    M = 5
+    betas = rng.normal(scale=0.3, size=(M, K, P))
+    include = ~np.eye(F, dtype=bool)[rng.integers(0, F, M)]
+    want = np.array([True, False, True, False, False])
+    whole = local.evaluate(betas, include, curvature=True)
+    for o, budget in ((local, None), (remote, None), (local, 2), (remote, 2)):
+        if budget is not None:                    # two models a job: the flags are cut too
+            from segmentation.oracle.base import result_bytes_per_model
+            o.result_budget = 3 * budget * result_bytes_per_model(K, P, True, False)
+        r = o.evaluate(betas, include, curvature=want)
+        np.testing.assert_allclose(r.hess[want], whole.hess[want], rtol=1e-12, atol=1e-15)
+        assert np.all(np.isnan(r.hess[~want]))
+        for name in ("loss", "grad", "max_abs_eta"):
+            np.testing.assert_allclose(getattr(r, name), getattr(whole, name), rtol=1e-12,
+                                       atol=1e-15, err_msg=name)
+    assert local.evaluate(betas, include, curvature=np.zeros(M, bool)).hess is None
+    np.testing.assert_array_equal(local.evaluate(betas, include, curvature=np.ones(M, bool)).hess,
+                                  local.evaluate(betas, include, curvature=True).hess)
+    with pytest.raises(ValueError, match="one flag per model"):
+        local.evaluate(betas, include, curvature=np.ones(M - 1, bool))
+    with pytest.raises(ValueError, match="no curvature"):
+        local.evaluate(betas, include, curvature=want, heldout="only")
