@@ -7,14 +7,17 @@ its stage is complete, so a kill at any moment leaves only whole stages behind:
   penalty factors (everything before the grid);
 * ``step-00007.npz``: lambda index 7 of every alpha still on its path: the full-data fit and the
   F fold fits (they are the warm starts of index 8), the step's pass count and warnings, the
-  paths stopped so far and every held-out metric matched so far;
+  paths stopped so far and every held-out metric matched so far. The fits carry their
+  lazy-curvature Hessians (full mode, K p^2 doubles each) while they are the latest warm starts;
+  the step before is re-saved without the ones that have served;
 * ``path.npz``: the held-out metrics of the last index (the final held-out pass);
 * ``relax.npz``: the relaxed refits and the scores of their blends.
 
 ``state.json`` holds the fingerprint the stages belong to and the attempts that wrote them.
 A run continues from the longest run of consecutive steps; because the solver's iterates depend
 only on the warm start (``Problem.warm_start``: the FitResult with its coefficients and, in
-diagonal mode, its last oracle answer and Anderson secants, every field stored bit for bit) and
+diagonal mode, its last oracle answer and Anderson secants, in full mode the Hessians lazy
+curvature carries, every field stored bit for bit) and
 the held-out metrics of index k are matched bitwise in the first pass of index k + 1 exactly as
 in an uninterrupted run, the resumed path computes the same numbers.
 

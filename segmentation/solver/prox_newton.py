@@ -21,6 +21,21 @@ Saunders 2014, "Proximal Newton-type methods for minimizing composite functions"
    gradient and Hessians, so an accepted trial's pass starts the next iteration: one pass per
    iteration when full steps are accepted (the usual case near the solution).
 
+Lazy curvature (full mode, ``lazy_hessian``, default): at p in the tens a pass's flops are
+nearly all Hessians (n p^2 per problem against n p for loss and gradient), and along a
+warm-started path the Hessians change little from point to point. So a fit reuses the last
+Hessians it received (and a fit warm-started from a FitResult starts from that fit's), and a
+pass computes a problem's Hessians only when it asks for them (``wants_hessian``; the oracle's
+per-model curvature): at the start of a cold fit, on a backtracking trial, when the Hessians in
+use are HESSIAN_MAX_AGE points old, or after a step that made slow progress (actual decrease
+below LAZY_RHO of the model's, or a KKT residual that fell by less than a factor 1 / LAZY_RATE).
+A stale Hessian is still a positive semi-definite metric: the step is a proximal quasi-Newton
+step (Lee, Sun & Saunders 2014 cover any such metric), with the same line search, the same exact
+zeros from the prox solves and the same stop on the KKT residual of the exact gradient. In the
+spirit of Doikov, Chayti & Jaggi 2023, "Second-order optimization with lazy Hessians". Measured
+on the default CV (``benchmarks/bench_lazy_hessian.py``): 0.4x the Hessian evaluations for about
+1.1-1.25x the passes, the same solutions to 1e-10.
+
 Large p (``curvature="diagonal"``, ``solver/curvature.py``): the oracle returns only diag(H_c)
 and step 2 uses the metric diag(H_c) (``subproblem.DiagonalQuadraticModel``: the same exact
 segment-joint solve, O(K p) instead of K p x p eigendecompositions). Steps 1 and 3 are
@@ -111,8 +126,9 @@ class FitResult:
     alpha: float = np.nan
     inner_iterations: int = 0    # reduced Newton iterations inside the model solves, summed
     grad: np.ndarray | None = None   # (K, p) beta-gradient of L at the returned point
-    hess: np.ndarray | None = None   # diagonal mode: (K, p) Hessian diagonals there (full: None,
-                                     # K p^2 doubles per kept fit would add up along a CV path)
+    hess: np.ndarray | None = None   # diagonal mode: (K, p) Hessian diagonals there; full mode
+                                     # with lazy curvature: the (K, p, p) Hessians in use, to
+                                     # start the next fit of a path (``drop_hessians`` once used)
     max_abs_eta: np.ndarray | None = None   # (K,) the oracle's max |eta| there
     include: np.ndarray | None = None       # (F,) bool training folds of the fit (None: all)
     accelerated: int = 0         # accepted Anderson steps (diagonal mode)

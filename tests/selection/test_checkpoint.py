@@ -120,3 +120,25 @@ def test_resume_in_diagonal_mode_keeps_the_solver_state(camp, tmp_path):
         cross_validate(oracle, st, ALPHAS, checkpoint=ck, **kw)
     res = cross_validate(oracle, st, ALPHAS, checkpoint=PathCheckpoint.open(d, "fp-d"), **kw)
     _same(res, ref)
+
+
+def test_only_the_latest_warm_starts_keep_their_hessians(camp, reference, tmp_path):
+    """Lazy curvature carries each fit's K x p x p Hessians to the next lambda: the step files
+    keep them for the last step only (the one a resumed run starts from), and the finished
+    result keeps none."""
+    st, oracle, _, _ = camp
+    ck = PathCheckpoint.open(str(tmp_path / "ck"), "fp-h", attempt={"run_id": "h"})
+    res = cross_validate(oracle, st, ALPHAS, checkpoint=ck, **KW)
+    _same(res, reference)
+
+    def hessians(points):
+        return [f.hess is not None and f.hess.ndim == 3
+                for p in points.values() for f in [p.full] + list(p.folds)]
+
+    assert not any(hessians(res.points))
+    assert not any(f.hess is not None for fits in res.relax.refits.values() for f in fits)
+    last = ck.steps_done() - 1
+    assert last >= 1
+    for k in range(last + 1):
+        kept = hessians(ck.load(ck.step_name(k))["points"])
+        assert all(kept) if k == last else not any(kept), k
