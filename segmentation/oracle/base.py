@@ -26,7 +26,41 @@ answers for every model, so a pass over many models (the relaxed refits of a CV,
 scores of its blends: hundreds of models with K p x p Hessians or 3,000-bin histograms each)
 times many blocks would exceed ``spark.driver.maxResultSize`` (1 GiB by default: a 5-fold CV
 at 3M rows in 30 blocks sent 1.1 GiB and failed). Above this the pass's models are split into
-chunks, one job each; the answer is the same (models are independent)."""
+chunks, one job each; the answer is the same (models are independent). The Spark oracles
+lower it to a quarter of the session's ``spark.driver.maxResultSize`` when that is smaller
+(``result_budget_for``)."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+
+
+def result_budget_for(spark, default: int = RESULT_BYTES_PER_JOB) -> int:
+    """The per-job result budget for a session: ``default``, or a quarter of
+    ``spark.driver.maxResultSize`` when that is set lower (a job's answers are unpickled on
+    the driver next to the sums; "0" means unlimited). Over a session that does not expose the
+    setting (Spark Connect may refuse it), ``default``."""
+    try:
+        raw = spark.conf.get("spark.driver.maxResultSize", None)
+    except Exception:  # noqa: BLE001 - Spark Connect or a locked conf: keep the default
+        return int(default)
+    return budget_from_max_result_size(raw, default)
+
+
+def budget_from_max_result_size(raw, default: int = RESULT_BYTES_PER_JOB) -> int:
+    """``result_budget_for`` given the setting's text ("1g", "512m", "0"; None: not set)."""
+    if raw is None:
+        return int(default)
+    text = str(raw).strip().lower()
+    num = text.rstrip("bkmgt")
+    unit = text[len(num):]
+    try:
+        size = int(float(num) * _SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        return int(default)
+    if size <= 0:
+        return int(default)
+    return int(min(default, max(size // 4, 1 << 20)))
 
 
 def result_bytes_per_model(n_creatives: int, n_features: int, curvature, heldout) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segmentation.oracle.base import Oracle
+from segmentation.oracle.base import Oracle, result_budget_for
 from segmentation.oracle.kernel import BlockSums
 from segmentation.spark_session import job_description
 
@@ -37,6 +37,7 @@ class SparkOracle(Oracle):
         self.n_folds = int(n_folds)
         self.passes = 0
         self.jobs = 0
+        self.result_budget = result_budget_for(spark)
 
     @property
     def n_blocks(self) -> int:

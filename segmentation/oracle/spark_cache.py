@@ -22,7 +22,7 @@ from functools import partial
 
 import numpy as np
 
-from segmentation.oracle.base import Oracle
+from segmentation.oracle.base import Oracle, result_budget_for
 from segmentation.oracle.kernel import BlockSums
 from segmentation.spark_session import job_description
 
@@ -52,6 +52,7 @@ class SparkCacheOracle(Oracle):
         self.n_creatives = int(cache.n_creatives)
         self.n_folds = int(cache.n_folds)
         self.budget = int(worker_cache_mb) << 20
+        self.result_budget = result_budget_for(spark)
         self.passes = 0
         self.jobs = 0
         self.reloads = 0

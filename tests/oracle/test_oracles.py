@@ -188,3 +188,17 @@ def test_a_pass_computes_the_hessians_of_the_models_it_marks_only(spark, tmp_pat
         local.evaluate(betas, include, curvature=np.ones(M - 1, bool))
     with pytest.raises(ValueError, match="no curvature"):
         local.evaluate(betas, include, curvature=want, heldout="only")
+
+
+def test_the_result_budget_follows_the_sessions_max_result_size(spark):
+    from segmentation.oracle.base import (RESULT_BYTES_PER_JOB, budget_from_max_result_size,
+                                          result_budget_for)
+
+    assert result_budget_for(spark) == RESULT_BYTES_PER_JOB          # 1g by default: 1g / 4
+    assert budget_from_max_result_size("200m") == 50 << 20
+    assert budget_from_max_result_size("512MB") == 128 << 20
+    assert budget_from_max_result_size("4g") == RESULT_BYTES_PER_JOB  # never above the default
+    assert budget_from_max_result_size("0") == RESULT_BYTES_PER_JOB   # unlimited
+    assert budget_from_max_result_size("1k") == 1 << 20               # at least 1 MiB a job
+    for odd in (None, "lots", ""):
+        assert budget_from_max_result_size(odd) == RESULT_BYTES_PER_JOB
