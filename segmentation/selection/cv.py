@@ -469,6 +469,19 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     return res
 
 
+CARRY_HESSIAN_BYTES = 64 << 20
+"""Lazy curvature (``solver.prox_newton``) carries each fit's K x p x p Hessians to the next
+lambda, and the step checkpoint holds them while they are the latest warm starts. Above this
+many bytes per lambda step (A (F + 1) fits x K p^2 doubles: p of about 160 at 5 alphas, 5 folds
+and 12 creatives) the path drops them after every step instead, and each fit computes its own
+first Hessians: the driver's memory and the checkpoint stay small at large p."""
+
+
+def carries_hessians(n_creatives: int, n_features: int, n_fits: int) -> bool:
+    """Whether a path of ``n_fits`` fits per lambda step carries Hessians from step to step."""
+    return int(n_fits) * int(n_creatives) * int(n_features) ** 2 * 8 <= CARRY_HESSIAN_BYTES
+
+
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
          name, passes0, on_point=None, curvature: str = "auto", adaptive=None,
          checkpoint=None) -> CVResult:
@@ -482,6 +495,8 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         null, lmax, stopped, W = _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol,
                                              max_iter, say, name, curvature, adaptive)
         null_passes = oracle.passes - passes0
+        if not carries_hessians(structure.n_creatives, oracle.n_features, len(alphas) * (F + 1)):
+            drop_hessians(null)
         if checkpoint is not None:
             checkpoint.save("null", {"null": list(null), "lmax": np.asarray(lmax, dtype=float),
                                      "stopped": dict(stopped), "W": W, "null_passes": null_passes})
@@ -614,6 +629,7 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
             announce(j)
 
     last_saved = None
+    carry = carries_hessians(structure.n_creatives, oracle.n_features, A * (F + 1))
     for k in range(k0, n_steps):
         active = [a for a in range(A) if a not in stopped and k < len(grids[a])]
         if not active:
@@ -702,6 +718,9 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
                 drop_hessians([prev_fold[(a, f)]])
                 prev_fold[(a, f)] = fold_res[f]
                 pending[(a, k, f)] = (masks[f], fold_res[f].beta)
+        if not carry:
+            drop_hessians(f for key, p in points.items() if key[1] == k
+                          for f in [p.full] + list(p.folds or []))
         if checkpoint is not None:
             saved = {"points": {key: p for key, p in points.items() if key[1] == k},
                      "step": steps[-1], "stopped": dict(stopped), "found": dict(found)}

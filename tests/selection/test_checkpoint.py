@@ -142,3 +142,30 @@ def test_only_the_latest_warm_starts_keep_their_hessians(camp, reference, tmp_pa
     for k in range(last + 1):
         kept = hessians(ck.load(ck.step_name(k))["points"])
         assert all(kept) if k == last else not any(kept), k
+
+
+def test_above_the_carry_budget_no_hessians_are_kept_and_resume_is_exact(camp, reference, tmp_path,
+                                                                          monkeypatch):
+    """At large p the path drops each step's Hessians (``CARRY_HESSIAN_BYTES``): nothing K p^2
+    goes to the checkpoint, every fit computes its own first Hessians, a resumed run still
+    gives the uninterrupted numbers bit for bit, and the solutions are the carrying path's."""
+    import segmentation.selection.cv as cvmod
+
+    st, oracle, _, _ = camp
+    monkeypatch.setattr(cvmod, "CARRY_HESSIAN_BYTES", 0)
+    plain = cross_validate(oracle, st, ALPHAS, **KW)
+    for key, p in plain.points.items():
+        ref = reference.points[key]
+        for a, b in zip([p.full] + list(p.folds), [ref.full] + list(ref.folds)):
+            assert abs(a.objective - b.objective) <= 1e-9 * abs(b.objective)
+            np.testing.assert_array_equal(a.fused, b.fused)
+    d = str(tmp_path / "ck")
+    ck = StopAfter.open(d, "fp-nc", attempt={"run_id": "first"})
+    ck.stop = "step-00002"
+    with pytest.raises(Interrupted):
+        cross_validate(oracle, st, ALPHAS, checkpoint=ck, **KW)
+    for k in range(3):
+        pts = ck.load(ck.step_name(k))["points"]
+        assert all(f.hess is None for p in pts.values() for f in [p.full] + list(p.folds))
+    ck2 = PathCheckpoint.open(d, "fp-nc", attempt={"run_id": "second"})
+    _same(cross_validate(oracle, st, ALPHAS, checkpoint=ck2, **KW), plain)
