@@ -220,7 +220,8 @@ class ProxNewton:
         self.gamma, self.delta = self.penalty.project_feasible(gamma, delta)
         self._seed = None
         carried = getattr(warm_start, "hess", None)
-        if self.lazy and carried is not None and carried.shape == (K, p, p):
+        carry = self.lazy and carried is not None and carried.shape == (K, p, p)
+        if carry:
             # lazy curvature along a path: the warm start's last Hessians are the first metric
             self.hess = carried
             self.hess_age = int(getattr(warm_start, "hess_age", 0))   # +1 when the start is told
@@ -234,7 +235,7 @@ class ProxNewton:
         self.loss = np.nan
         self.pen_value = self.penalty.value(self.gamma, self.delta)
         self.grad = self.eta = None
-        if not (self.lazy and carried is not None and carried.shape == (K, p, p)):
+        if not carry:
             self.hess = None
         self.residual = np.inf
         # line search
