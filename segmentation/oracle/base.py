@@ -199,11 +199,6 @@ class Oracle(abc.ABC):
 
         def stack(name):
             vals = [getattr(q, name) for q in parts]
-            if name == "hess" and isinstance(curvature, np.ndarray) and curvature.any():
-                # per-model Hessians: a chunk that marks none of its models brought none
-                K, p = self.n_creatives, self.n_features
-                vals = [np.zeros((c.stop - c.start, K, p, p)) if v is None else v
-                        for v, c in zip(vals, chunks)]
             return None if any(v is None for v in vals) else np.concatenate(vals, axis=0)
 
         return BlockSums(loss=stack("loss"), grad=stack("grad"), hess=stack("hess"),

@@ -82,12 +82,13 @@ CURVATURE_MODES = ("none", "diagonal", "full")
 def curvature_mode(curvature) -> str:
     """Normalise the ``curvature`` argument: True -> "full", False/None -> "none", one of
     "full", "diagonal", "none", or an (M,) bool array of the models that want full Hessians
-    -> "full" when it marks any, else "none"."""
+    -> "full" (the Hessian sums are allocated for every model; only the marked ones are
+    computed, the others stay zero)."""
     if isinstance(curvature, np.ndarray):
         if curvature.dtype != np.bool_ or curvature.ndim != 1:
             raise ValueError(f"a per-model curvature must be an (M,) bool array; got "
                              f"{curvature.dtype} of shape {curvature.shape}")
-        return "full" if curvature.any() else "none"
+        return "full"
     if curvature is None or isinstance(curvature, (bool, np.bool_)):
         return "full" if curvature else "none"
     if isinstance(curvature, str) and curvature in CURVATURE_MODES:
