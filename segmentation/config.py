@@ -86,6 +86,12 @@ class ModelConfig(_Section):
     curvature: Literal["auto", "full", "diagonal"] = Field(
         "auto", description="full per-creative Hessians (proximal Newton), their diagonals "
                             "(proximal quasi-Newton, for thousands of covariates), or auto (full up to p = 500)")
+    lazy_hessian: bool = Field(
+        True, description="full curvature only: reuse a fit's Hessians between refreshes (fresh ones "
+                          "at a cold start, on a backtracking trial, after a slow step or every third "
+                          "point), about half the CV's time at p in the tens for ~10% more passes; "
+                          "false computes them at every pass (fewer passes: for clusters where a "
+                          "pass's fixed cost dominates)")
     adaptive: bool = Field(False, description="adaptive group lasso: penalty factors from an initial fit "
                                               "on each fold (cross-validation only)")
     adaptive_power: float = Field(1.0, gt=0)

@@ -212,6 +212,7 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
         "tol": float(cfg.model.tol),
         "iterations": int(result.n_iter),
         "passes": int(result.n_passes),
+        "hessian_evaluations": int(result.n_hessians),
         "converged": bool(result.converged),
         "message": result.message,
         "solver": "proximal Newton (per-creative Hessians; exact segment-joint inner solves)"
@@ -261,7 +262,7 @@ def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
     alpha = cfg.model.alphas[0]
     result = fit(prepared.oracle, prepared.structure, lam, alpha, tol=cfg.model.tol,
                  max_iter=cfg.model.max_iter, label=f"fit lambda={lam:g} alpha={alpha:g}",
-                 curvature=cfg.model.curvature)
+                 curvature=cfg.model.curvature, lazy_hessian=cfg.model.lazy_hessian)
     return to_model(prepared, result, cfg, lam, alpha)
 
 
@@ -281,7 +282,8 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
                         tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
                         on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid,
-                        adaptive=m.adaptive_power if m.adaptive else None, checkpoint=checkpoint)
+                        adaptive=m.adaptive_power if m.adaptive else None, checkpoint=checkpoint,
+                        lazy_hessian=m.lazy_hessian)
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

@@ -67,8 +67,10 @@ def check_compatible(model, prepared) -> None:
             f"unexpected {extra} (check data.covariates / data.categorical and the data's levels)")
 
 
-def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50) -> CrossFit:
-    """Fit the 2F cross-fitting problems on ``prepared.oracle`` (which must have F >= 2 folds)."""
+def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50, curvature: str = "auto",
+             lazy_hessian: bool = True) -> CrossFit:
+    """Fit the 2F cross-fitting problems on ``prepared.oracle`` (which must have F >= 2 folds);
+    ``curvature`` and ``lazy_hessian`` as in ``solver.prox_newton.fit_many`` (the config's)."""
     F = prepared.n_folds
     if F < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds; the prepared data has {F}")
@@ -87,22 +89,23 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50) -> Cross
     before = prepared.oracle.passes
     skipped = None
     try:
-        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter,
-                       label="evaluation crossfit")
+        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter, curvature=curvature,
+                       lazy_hessian=lazy_hessian, label="evaluation crossfit")
     except SeparationError as e:
         # the unpenalised per-segment models can be separable where the penalised model is not:
         # drop that baseline (reported), keep the evaluation
         skipped = f"per_segment_models skipped: its unpenalised fit diverges ({e})"
         log.warning(skipped)
         problems = problems[:F]
-        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter,
-                       label="evaluation crossfit")
+        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter, curvature=curvature,
+                       lazy_hessian=lazy_hessian, label="evaluation crossfit")
     fold_models = list(res[:F])
     if model.relax < 1.0:
         light = float(model.fit["relaxed"]["light_lambda"])
         rel_probs = relax_problems(fold_models, [np.arange(F) != f for f in range(F)], model.alpha,
                                    light, [f"crossfit fold {f} relaxed refit" for f in range(F)])
         refits = fit_many(prepared.oracle, st, rel_probs, tol=tol, max_iter=max_iter,
+                          curvature=curvature, lazy_hessian=lazy_hessian,
                           label="evaluation crossfit: relaxed refits")
         problems, res = [*problems, *rel_probs], [*res, *refits]
         fold_models = [blend(p_, r_, model.relax, st) for p_, r_ in zip(fold_models, refits)]

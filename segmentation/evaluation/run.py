@@ -167,7 +167,8 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
             log.warning(w)
 
         # ---- cross-fitted fold models
-        cf = crossfit(prepared, model, tol=cfg.model.tol, max_iter=cfg.model.max_iter)
+        cf = crossfit(prepared, model, tol=cfg.model.tol, max_iter=cfg.model.max_iter,
+                      curvature=cfg.model.curvature, lazy_hessian=cfg.model.lazy_hessian)
         timings["crossfit"] = cf.seconds
         if cf.skipped:
             warns.append(cf.skipped)

@@ -99,6 +99,8 @@ PARAMS: dict[str, tuple[str | None, Any, Any, str]] = {
                        "smallest lambda of the path as a fraction of lambda_max"),
     "curvature": ("model.curvature", "auto", T.toString,
                   "full (per-creative Hessians), diagonal, or auto (full up to 500 features)"),
+    "lazyHessian": ("model.lazy_hessian", True, T.toBoolean,
+                    "full curvature: reuse Hessians between refreshes (false: fresh ones every pass)"),
     "adaptive": ("model.adaptive", False, T.toBoolean,
                  "adaptive group lasso (weights from initial fold fits; cross-validation only)"),
     "adaptivePower": ("model.adaptive_power", 1.0, T.toFloat, "power of the adaptive weights"),

@@ -407,7 +407,7 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    progress: Callable[[str], None] | None = print, spark=None,
                    name: str = "cv", on_point: Callable[[dict], None] | None = None,
                    curvature: str = "auto", relax=RELAX_GRID, adaptive: float | None = None,
-                   checkpoint=None) -> CVResult:
+                   checkpoint=None, lazy_hessian: bool = True) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -424,7 +424,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     shadow of the passes); an exception in it is reported once and the hook dropped.
     ``spark`` defaults to ``oracle.spark`` when it has one; jobs
     are then counted with a job group (``jobs.count_jobs``). ``curvature`` is the solver's
-    curvature mode (``solver.curvature``: full Hessians, diagonal for large p, or auto).
+    curvature mode (``solver.curvature``: full Hessians, diagonal for large p, or auto), and
+    ``lazy_hessian`` whether full-mode fits reuse Hessians between refreshes (``fit_many``).
     ``checkpoint``: a ``checkpoint.PathCheckpoint``; every completed stage (null models, each
     lambda index, the last held-out pass, the relaxed refits) is written to it, and stages it
     already holds are read back instead of computed (a killed run resumes at the next lambda).
@@ -444,13 +445,15 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
         res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0, on_point, curvature, adaptive, checkpoint)
+                   max_iter, say, name, passes0, on_point, curvature, adaptive, checkpoint,
+                   lazy_hessian=lazy_hessian)
         res._structure = structure
         if F and relax is not None and len(relax) and any(g < 1 for g in relax):
             res.relax = checkpoint.load("relax") if checkpoint is not None else None
             if res.relax is None:
                 res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
-                                       curvature=curvature, say=say, name=name)
+                                       curvature=curvature, say=say, name=name,
+                                       lazy_hessian=lazy_hessian)
                 if checkpoint is not None:
                     checkpoint.save("relax", res.relax)
             else:
@@ -484,7 +487,7 @@ def carries_hessians(n_creatives: int, n_features: int, n_fits: int) -> bool:
 
 def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
          name, passes0, on_point=None, curvature: str = "auto", adaptive=None,
-         checkpoint=None) -> CVResult:
+         checkpoint=None, *, lazy_hessian: bool = True) -> CVResult:
     saved = checkpoint.load("null") if checkpoint is not None else None
     if saved is not None:
         null, lmax, stopped, W, null_passes = (saved[k] for k in ("null", "lmax", "stopped", "W",
@@ -493,7 +496,8 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
             f"lambda_max read back from the checkpoint")
     else:
         null, lmax, stopped, W = _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol,
-                                             max_iter, say, name, curvature, adaptive)
+                                             max_iter, say, name, curvature, adaptive,
+                                             lazy_hessian=lazy_hessian)
         null_passes = oracle.passes - passes0
         if not carries_hessians(structure.n_creatives, oracle.n_features, len(alphas) * (F + 1)):
             drop_hessians(null)
@@ -501,11 +505,12 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
             checkpoint.save("null", {"null": list(null), "lmax": np.asarray(lmax, dtype=float),
                                      "stopped": dict(stopped), "W": W, "null_passes": null_passes})
     return _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-                 name, on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes)
+                 name, on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes,
+                 lazy_hessian=lazy_hessian)
 
 
 def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter, say, name,
-                curvature, adaptive):
+                curvature, adaptive, *, lazy_hessian: bool = True):
     """Null models of every alpha (alpha by alpha after a separation) and, for an adaptive
     penalty, its factors and weighted null models: (null, lambda_max, stopped, weights)."""
     A = len(alphas)
@@ -513,7 +518,7 @@ def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter,
     stopped: dict[int, str] = {}
     try:
         null, lmax = _null_any(oracle, structure, alphas, tol, max_iter,
-                               f"{name}: null models, alphas {alpha_txt}")
+                               f"{name}: null models, alphas {alpha_txt}", lazy_hessian=lazy_hessian)
     except SeparationError as err:
         # retry alpha by alpha: an alpha whose null model diverges (e.g. alpha = 0 leaves gamma
         # unpenalised) is dropped with a warning; the others go on
@@ -522,7 +527,8 @@ def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter,
         for a, alpha in enumerate(alphas):
             try:
                 (null[a],), (lmax[a],) = _null_any(oracle, structure, [alpha], tol, max_iter,
-                                                   f"{name}: null model, alpha {alpha:g}")
+                                                   f"{name}: null model, alpha {alpha:g}",
+                                                   lazy_hessian=lazy_hessian)
             except SeparationError as err_a:
                 stopped[a] = f"alpha={alpha:g}: no lambda could be fitted (null model: {err_a})"
                 warnings.warn(stopped[a], RuntimeWarning, stacklevel=3)
@@ -531,14 +537,16 @@ def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter,
     W: dict = {}
     if adaptive:
         W, null, lmax = adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio,
-                                         float(adaptive), tol, max_iter, curvature, name, stopped)
+                                         float(adaptive), tol, max_iter, curvature, name, stopped,
+                                         lazy_hessian=lazy_hessian)
         say(f"[{name}] adaptive penalty (power {adaptive:g}): weights from initial fits at the end "
             f"of each alpha's plain grid, on each fold's own training rows")
     return null, lmax, stopped, W
 
 
 def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say, name,
-          on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes) -> CVResult:
+          on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes, *,
+          lazy_hessian: bool = True) -> CVResult:
     """The warm-started lambda paths of every alpha (module docstring, steps 2-3)."""
     A = len(alphas)
     if lambdas is None:
@@ -670,7 +678,8 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = fit_many(_StepOracle(oracle, describe_for(active), pending, found), structure,
-                               probs, tol=tol, max_iter=max_iter, label=name, curvature=curvature)
+                               probs, tol=tol, max_iter=max_iter, label=name, curvature=curvature,
+                               lazy_hessian=lazy_hessian)
             warn_msgs += [str(w.message) for w in caught]
             results.update(zip(keys, out))
         except SeparationError as err:
@@ -683,7 +692,7 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
                         warnings.simplefilter("always")
                         out = fit_many(_StepOracle(oracle, describe_for([a]), pending, found),
                                        structure, probs, tol=tol, max_iter=max_iter, label=name,
-                                       curvature=curvature)
+                                       curvature=curvature, lazy_hessian=lazy_hessian)
                     warn_msgs += [str(w.message) for w in caught]
                     results.update(zip(keys, out))
                 except SeparationError as err_a:
@@ -772,24 +781,26 @@ def _fill_heldout(p: PathPoint, found: dict, F: int) -> None:
             p.heldout_deviance[f], p.heldout_auc[f] = v
 
 
-def _null_any(oracle, structure, alphas, tol, max_iter, label, weights=None):
+def _null_any(oracle, structure, alphas, tol, max_iter, label, weights=None, *,
+              lazy_hessian: bool = True):
     """Null fits of every alpha on all rows in shared passes, and lambda_max (nan for alpha >= 1,
     where it is undefined). ``weights``: one ``PenaltyWeights`` (or None) per alpha."""
     ws = list(weights) if weights is not None else [None] * len(alphas)
     if all(a < 1 for a in alphas):
         return null_fits(oracle, structure, alphas, tol=min(tol, 1e-8), max_iter=max_iter, label=label,
-                         weights=ws)
+                         weights=ws, lazy_hessian=lazy_hessian)
     from segmentation.solver.null_model import lambda_max
 
     probs = [Problem(np.inf, a, label=f"{label} alpha={a:g}", weights=w) for a, w in zip(alphas, ws)]
-    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=label)
+    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=label,
+                    lazy_hessian=lazy_hessian)
     lmax = np.array([lambda_max(structure, a, f.grad, w) if a < 1 else np.nan
                      for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax
 
 
 def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio, power, tol,
-                     max_iter, curvature, name, stopped):
+                     max_iter, curvature, name, stopped, *, lazy_hessian: bool = True):
     """Adaptive group lasso (Zou 2006; Wang & Leng 2008 for groups): penalty factors
     u_c = ||delta_c^init||^-power and v_jk = |gamma_jk^init|^-power from an initial fit, so
     blocks the data support strongly are penalised little and weak ones much (a block zero in
@@ -814,12 +825,14 @@ def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_rati
                                  label=f"{name}-adaptive-init[a{a},{'full' if s is None else f'f{s}'}]"))
             keys.append((a, s))
     fits = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
-                    label=f"{name}: adaptive penalty, initial fits", curvature=curvature)
+                    label=f"{name}: adaptive penalty, initial fits", curvature=curvature,
+                    lazy_hessian=lazy_hessian)
     W = {key: PenaltyWeights.adaptive(f.gamma, f.delta, power) for key, f in zip(keys, fits)}
     new_null, new_lmax = list(null), np.array(lmax, dtype=float)
     if live:
         fits0, lm0 = _null_any(oracle, structure, [alphas[a] for a in live], tol, max_iter,
-                               f"{name}: weighted null models", weights=[W[(a, None)] for a in live])
+                               f"{name}: weighted null models", weights=[W[(a, None)] for a in live],
+                               lazy_hessian=lazy_hessian)
         for i, a in enumerate(live):
             new_null[a], new_lmax[a] = fits0[i], lm0[i]
     return W, new_null, new_lmax

@@ -35,7 +35,7 @@ def lambda_grid(lmax: float, n_lambda: int, min_ratio: float) -> np.ndarray:
 
 def null_fits(oracle, structure: SegmentStructure, alphas, *, tol: float = 1e-8,
               max_iter: int = 50, label: str = "null model",
-              weights=None) -> tuple[list[FitResult], np.ndarray]:
+              weights=None, lazy_hessian: bool = True) -> tuple[list[FitResult], np.ndarray]:
     """Null models (lam = inf) of every alpha on ALL rows, fitted together in shared passes,
     and lambda_max of each alpha. Returns (fits, lambda_max array), in the order of ``alphas``.
 
@@ -50,6 +50,7 @@ def null_fits(oracle, structure: SegmentStructure, alphas, *, tol: float = 1e-8,
     ws = list(weights) if weights is not None else [None] * len(alphas)
     problems = [Problem(np.inf, a, include=None, label=f"{label} alpha={a:g}", weights=w)
                 for a, w in zip(alphas, ws)]
-    fits = fit_many(oracle, structure, problems, tol=tol, max_iter=max_iter, label=label)
+    fits = fit_many(oracle, structure, problems, tol=tol, max_iter=max_iter, label=label,
+                    lazy_hessian=lazy_hessian)
     lmax = np.array([lambda_max(structure, a, f.grad, w) for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax

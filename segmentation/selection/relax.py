@@ -103,7 +103,7 @@ def relax_problems(fits: list[FitResult], includes: list[np.ndarray | None], alp
 
 def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID, tol: float = 1e-6,
                max_iter: int = 50, curvature: str = "auto", say=lambda _m: None,
-               name: str = "cv") -> RelaxResult:
+               name: str = "cv", lazy_hessian: bool = True) -> RelaxResult:
     """Refit every distinct pattern of every fold and full-data path of ``cv`` (a ``CVResult``
     with folds), then score every blend g < 1 of every grid point on its held-out fold.
 
@@ -142,7 +142,8 @@ def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID, tol:
         for key, f_, inc, lab in zip(keys, fits, incs, labels):
             probs += relax_problems([f_], [inc], cv.alphas[key[0]], light[key[0]], [lab])
         res = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
-                       label=f"{name}: relaxed refits", curvature=curvature)
+                       label=f"{name}: relaxed refits", curvature=curvature,
+                       lazy_hessian=lazy_hessian)
         drop_hessians(res)
         refit.update(zip(keys, res))
 

@@ -155,7 +155,8 @@ def test_params_have_docs_defaults_and_the_cli_config(campaign):
     cfg = estimator(campaign, regParam=0.05, alpha=[0.0, 0.1], nLambda=7).toConfig()
     assert cfg.model.lambdas == [0.05] and cfg.model.alphas == [0.0, 0.1] and not cfg.model.single
     assert cfg.data.covariates == COVARIATES and cfg.data.categorical == ["region"]
-    assert cfg.mlflow.enabled is False and cfg.cv.relax is True
+    assert cfg.mlflow.enabled is False and cfg.cv.relax is True and cfg.model.lazy_hessian is True
+    assert estimator(campaign, lazyHessian=False).toConfig().model.lazy_hessian is False
     assert cfg.segment_mapping() == campaign["segments"]
     csv = str(campaign["root"] / "campaign" / "creatives.csv")      # segments as a creative,segment CSV
     assert estimator(campaign, segments=csv).toConfig().segment_mapping() == campaign["segments"]
