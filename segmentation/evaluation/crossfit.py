@@ -85,28 +85,28 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50, curvatur
     for f in range(F):
         inc = np.arange(F) != f
         problems.append(Problem(np.inf, 0.0, include=inc, label=f"per-segment models fold {f}"))
+    def solve(probs, label):
+        return fit_many(prepared.oracle, st, probs, tol=tol, max_iter=max_iter, curvature=curvature,
+                        lazy_hessian=lazy_hessian, label=label)
+
     t0 = time.time()
     before = prepared.oracle.passes
     skipped = None
     try:
-        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter, curvature=curvature,
-                       lazy_hessian=lazy_hessian, label="evaluation crossfit")
+        res = solve(problems, "evaluation crossfit")
     except SeparationError as e:
         # the unpenalised per-segment models can be separable where the penalised model is not:
         # drop that baseline (reported), keep the evaluation
         skipped = f"per_segment_models skipped: its unpenalised fit diverges ({e})"
         log.warning(skipped)
         problems = problems[:F]
-        res = fit_many(prepared.oracle, st, problems, tol=tol, max_iter=max_iter, curvature=curvature,
-                       lazy_hessian=lazy_hessian, label="evaluation crossfit")
+        res = solve(problems, "evaluation crossfit")
     fold_models = list(res[:F])
     if model.relax < 1.0:
         light = float(model.fit["relaxed"]["light_lambda"])
         rel_probs = relax_problems(fold_models, [np.arange(F) != f for f in range(F)], model.alpha,
                                    light, [f"crossfit fold {f} relaxed refit" for f in range(F)])
-        refits = fit_many(prepared.oracle, st, rel_probs, tol=tol, max_iter=max_iter,
-                          curvature=curvature, lazy_hessian=lazy_hessian,
-                          label="evaluation crossfit: relaxed refits")
+        refits = solve(rel_probs, "evaluation crossfit: relaxed refits")
         problems, res = [*problems, *rel_probs], [*res, *refits]
         fold_models = [blend(p_, r_, model.relax, st) for p_, r_ in zip(fold_models, refits)]
     seconds = time.time() - t0
