@@ -59,6 +59,7 @@ from segmentation.selection.grid import lambda_grid, null_fits
 from segmentation.selection.jobs import count_jobs
 from segmentation.selection.relax import RELAX_GRID, RelaxResult, blend, relax_path
 from segmentation.selection.scores import HeldoutScores, standard_error
+from segmentation.solver.options import SolverOptions
 from segmentation.solver.prox_newton import FitResult, Problem, drop_hessians, fit_many
 from segmentation.solver.structure import SegmentStructure
 
@@ -439,21 +440,20 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     F = int(oracle.n_folds) if folds else 0
     if folds and F < 2:
         raise ValueError(f"cross-validation needs an oracle with at least 2 folds (has {oracle.n_folds})")
+    opts = SolverOptions(tol=tol, max_iter=max_iter, curvature=curvature, lazy_hessian=lazy_hessian)
     spark = spark if spark is not None else getattr(oracle, "spark", None)
     say = progress or (lambda _msg: None)
     passes0 = oracle.passes
     with count_jobs(spark, f"segmentation-{name}",
                     f"{name}: {len(alphas)} alphas x {F or 'no'} folds") as jc:
-        res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, tol,
-                   max_iter, say, name, passes0, on_point, curvature, adaptive, checkpoint,
-                   lazy_hessian=lazy_hessian)
+        res = _run(oracle, structure, alphas, lambdas, n_lambda, lambda_min_ratio, F, opts,
+                   say, name, passes0, on_point, adaptive, checkpoint)
         res._structure = structure
         if F and relax is not None and len(relax) and any(g < 1 for g in relax):
             res.relax = checkpoint.load("relax") if checkpoint is not None else None
             if res.relax is None:
-                res.relax = relax_path(oracle, structure, res, grid=relax, tol=tol, max_iter=max_iter,
-                                       curvature=curvature, say=say, name=name,
-                                       lazy_hessian=lazy_hessian)
+                res.relax = relax_path(oracle, structure, res, grid=relax, options=opts, say=say,
+                                       name=name)
                 if checkpoint is not None:
                     checkpoint.save("relax", res.relax)
             else:
@@ -485,9 +485,8 @@ def carries_hessians(n_creatives: int, n_features: int, n_fits: int) -> bool:
     return int(n_fits) * int(n_creatives) * int(n_features) ** 2 * 8 <= CARRY_HESSIAN_BYTES
 
 
-def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-         name, passes0, on_point=None, curvature: str = "auto", adaptive=None,
-         checkpoint=None, *, lazy_hessian: bool = True) -> CVResult:
+def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, opts: SolverOptions, say,
+         name, passes0, on_point=None, adaptive=None, checkpoint=None) -> CVResult:
     saved = checkpoint.load("null") if checkpoint is not None else None
     if saved is not None:
         null, lmax, stopped, W, null_passes = (saved[k] for k in ("null", "lmax", "stopped", "W",
@@ -495,30 +494,27 @@ def _run(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_it
         say(f"[{name}] resuming attempt {(checkpoint.previous or {}).get('attempt', '?')}: null models and "
             f"lambda_max read back from the checkpoint")
     else:
-        null, lmax, stopped, W = _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol,
-                                             max_iter, say, name, curvature, adaptive,
-                                             lazy_hessian=lazy_hessian)
+        null, lmax, stopped, W = _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, opts,
+                                             say, name, adaptive)
         null_passes = oracle.passes - passes0
         if not carries_hessians(structure.n_creatives, oracle.n_features, len(alphas) * (F + 1)):
             drop_hessians(null)
         if checkpoint is not None:
             checkpoint.save("null", {"null": list(null), "lmax": np.asarray(lmax, dtype=float),
                                      "stopped": dict(stopped), "W": W, "null_passes": null_passes})
-    return _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say,
-                 name, on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes,
-                 lazy_hessian=lazy_hessian)
+    return _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, opts, say,
+                 name, on_point, checkpoint, null, lmax, stopped, W, null_passes)
 
 
-def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter, say, name,
-                curvature, adaptive, *, lazy_hessian: bool = True):
+def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, opts: SolverOptions, say, name,
+                adaptive):
     """Null models of every alpha (alpha by alpha after a separation) and, for an adaptive
     penalty, its factors and weighted null models: (null, lambda_max, stopped, weights)."""
     A = len(alphas)
     alpha_txt = ",".join(f"{a:g}" for a in alphas)
     stopped: dict[int, str] = {}
     try:
-        null, lmax = _null_any(oracle, structure, alphas, tol, max_iter,
-                               f"{name}: null models, alphas {alpha_txt}", lazy_hessian=lazy_hessian)
+        null, lmax = _null_any(oracle, structure, alphas, opts, f"{name}: null models, alphas {alpha_txt}")
     except SeparationError as err:
         # retry alpha by alpha: an alpha whose null model diverges (e.g. alpha = 0 leaves gamma
         # unpenalised) is dropped with a warning; the others go on
@@ -526,9 +522,8 @@ def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter,
         null, lmax = [None] * A, np.full(A, np.nan)
         for a, alpha in enumerate(alphas):
             try:
-                (null[a],), (lmax[a],) = _null_any(oracle, structure, [alpha], tol, max_iter,
-                                                   f"{name}: null model, alpha {alpha:g}",
-                                                   lazy_hessian=lazy_hessian)
+                (null[a],), (lmax[a],) = _null_any(oracle, structure, [alpha], opts,
+                                                   f"{name}: null model, alpha {alpha:g}")
             except SeparationError as err_a:
                 stopped[a] = f"alpha={alpha:g}: no lambda could be fitted (null model: {err_a})"
                 warnings.warn(stopped[a], RuntimeWarning, stacklevel=3)
@@ -537,16 +532,14 @@ def _null_stage(oracle, structure, alphas, lambdas, min_ratio, F, tol, max_iter,
     W: dict = {}
     if adaptive:
         W, null, lmax = adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio,
-                                         float(adaptive), tol, max_iter, curvature, name, stopped,
-                                         lazy_hessian=lazy_hessian)
+                                         float(adaptive), opts, name, stopped)
         say(f"[{name}] adaptive penalty (power {adaptive:g}): weights from initial fits at the end "
             f"of each alpha's plain grid, on each fold's own training rows")
     return null, lmax, stopped, W
 
 
-def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_iter, say, name,
-          on_point, curvature, checkpoint, null, lmax, stopped, W, null_passes, *,
-          lazy_hessian: bool = True) -> CVResult:
+def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, opts: SolverOptions, say, name,
+          on_point, checkpoint, null, lmax, stopped, W, null_passes) -> CVResult:
     """The warm-started lambda paths of every alpha (module docstring, steps 2-3)."""
     A = len(alphas)
     if lambdas is None:
@@ -678,8 +671,7 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = fit_many(_StepOracle(oracle, describe_for(active), pending, found), structure,
-                               probs, tol=tol, max_iter=max_iter, label=name, curvature=curvature,
-                               lazy_hessian=lazy_hessian)
+                               probs, label=name, **opts.fit_kwargs())
             warn_msgs += [str(w.message) for w in caught]
             results.update(zip(keys, out))
         except SeparationError as err:
@@ -691,8 +683,7 @@ def _path(oracle, structure, alphas, lambdas, n_lambda, min_ratio, F, tol, max_i
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         out = fit_many(_StepOracle(oracle, describe_for([a]), pending, found),
-                                       structure, probs, tol=tol, max_iter=max_iter, label=name,
-                                       curvature=curvature, lazy_hessian=lazy_hessian)
+                                       structure, probs, label=name, **opts.fit_kwargs())
                     warn_msgs += [str(w.message) for w in caught]
                     results.update(zip(keys, out))
                 except SeparationError as err_a:
@@ -781,26 +772,23 @@ def _fill_heldout(p: PathPoint, found: dict, F: int) -> None:
             p.heldout_deviance[f], p.heldout_auc[f] = v
 
 
-def _null_any(oracle, structure, alphas, tol, max_iter, label, weights=None, *,
-              lazy_hessian: bool = True):
+def _null_any(oracle, structure, alphas, opts: SolverOptions, label, weights=None):
     """Null fits of every alpha on all rows in shared passes, and lambda_max (nan for alpha >= 1,
     where it is undefined). ``weights``: one ``PenaltyWeights`` (or None) per alpha."""
     ws = list(weights) if weights is not None else [None] * len(alphas)
     if all(a < 1 for a in alphas):
-        return null_fits(oracle, structure, alphas, tol=min(tol, 1e-8), max_iter=max_iter, label=label,
-                         weights=ws, lazy_hessian=lazy_hessian)
+        return null_fits(oracle, structure, alphas, options=opts, label=label, weights=ws)
     from segmentation.solver.null_model import lambda_max
 
     probs = [Problem(np.inf, a, label=f"{label} alpha={a:g}", weights=w) for a, w in zip(alphas, ws)]
-    fits = fit_many(oracle, structure, probs, tol=min(tol, 1e-8), max_iter=max_iter, label=label,
-                    lazy_hessian=lazy_hessian)
+    fits = fit_many(oracle, structure, probs, label=label, **opts.for_null().fit_kwargs())
     lmax = np.array([lambda_max(structure, a, f.grad, w) if a < 1 else np.nan
                      for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax
 
 
-def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio, power, tol,
-                     max_iter, curvature, name, stopped, *, lazy_hessian: bool = True):
+def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_ratio, power,
+                     opts: SolverOptions, name, stopped):
     """Adaptive group lasso (Zou 2006; Wang & Leng 2008 for groups): penalty factors
     u_c = ||delta_c^init||^-power and v_jk = |gamma_jk^init|^-power from an initial fit, so
     blocks the data support strongly are penalised little and weak ones much (a block zero in
@@ -824,15 +812,13 @@ def adaptive_weights(oracle, structure, alphas, null, lmax, F, lambdas, min_rati
             probs.append(Problem(lam0, alphas[a], include=None if s is None else masks[s], warm_start=null[a],
                                  label=f"{name}-adaptive-init[a{a},{'full' if s is None else f'f{s}'}]"))
             keys.append((a, s))
-    fits = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
-                    label=f"{name}: adaptive penalty, initial fits", curvature=curvature,
-                    lazy_hessian=lazy_hessian)
+    fits = fit_many(oracle, structure, probs, label=f"{name}: adaptive penalty, initial fits",
+                    **opts.fit_kwargs())
     W = {key: PenaltyWeights.adaptive(f.gamma, f.delta, power) for key, f in zip(keys, fits)}
     new_null, new_lmax = list(null), np.array(lmax, dtype=float)
     if live:
-        fits0, lm0 = _null_any(oracle, structure, [alphas[a] for a in live], tol, max_iter,
-                               f"{name}: weighted null models", weights=[W[(a, None)] for a in live],
-                               lazy_hessian=lazy_hessian)
+        fits0, lm0 = _null_any(oracle, structure, [alphas[a] for a in live], opts,
+                               f"{name}: weighted null models", weights=[W[(a, None)] for a in live])
         for i, a in enumerate(live):
             new_null[a], new_lmax[a] = fits0[i], lm0[i]
     return W, new_null, new_lmax

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from segmentation.solver.null_model import lambda_max
+from segmentation.solver.options import SolverOptions
 from segmentation.solver.prox_newton import FitResult, Problem, fit_many
 from segmentation.solver.structure import SegmentStructure
 
@@ -33,15 +34,15 @@ def lambda_grid(lmax: float, n_lambda: int, min_ratio: float) -> np.ndarray:
     return lmax * np.exp(np.linspace(0.0, np.log(min_ratio), n_lambda))
 
 
-def null_fits(oracle, structure: SegmentStructure, alphas, *, tol: float = 1e-8,
-              max_iter: int = 50, label: str = "null model",
-              weights=None, lazy_hessian: bool = True) -> tuple[list[FitResult], np.ndarray]:
+def null_fits(oracle, structure: SegmentStructure, alphas, *, options: SolverOptions | None = None,
+              label: str = "null model", weights=None) -> tuple[list[FitResult], np.ndarray]:
     """Null models (lam = inf) of every alpha on ALL rows, fitted together in shared passes,
     and lambda_max of each alpha. Returns (fits, lambda_max array), in the order of ``alphas``.
 
     Same math as ``solver.null_model.fit_null`` (which fits one alpha at a time); here the
     alphas share passes, so A alphas cost about as many Spark jobs as one. ``weights``: one
-    ``PenaltyWeights`` per alpha (or None), for an adaptive penalty.
+    ``PenaltyWeights`` per alpha (or None), for an adaptive penalty. ``options``: the run's
+    ``SolverOptions`` (default: the defaults), its tolerance tightened to ``NULL_TOL``.
     """
     alphas = [float(a) for a in alphas]
     for a in alphas:
@@ -50,7 +51,7 @@ def null_fits(oracle, structure: SegmentStructure, alphas, *, tol: float = 1e-8,
     ws = list(weights) if weights is not None else [None] * len(alphas)
     problems = [Problem(np.inf, a, include=None, label=f"{label} alpha={a:g}", weights=w)
                 for a, w in zip(alphas, ws)]
-    fits = fit_many(oracle, structure, problems, tol=tol, max_iter=max_iter, label=label,
-                    lazy_hessian=lazy_hessian)
+    opts = (options if options is not None else SolverOptions()).for_null()
+    fits = fit_many(oracle, structure, problems, label=label, **opts.fit_kwargs())
     lmax = np.array([lambda_max(structure, a, f.grad, w) for a, f, w in zip(alphas, fits, ws)])
     return fits, lmax

@@ -38,6 +38,7 @@ import numpy as np
 from segmentation.errors import SeparationError
 from segmentation.selection.scores import HeldoutScores
 from segmentation.solver.penalty import PenaltyWeights, to_beta
+from segmentation.solver.options import SolverOptions
 from segmentation.solver.prox_newton import FitResult, Problem, drop_hessians, fit_many
 from segmentation.solver.structure import SegmentStructure
 
@@ -101,15 +102,17 @@ def relax_problems(fits: list[FitResult], includes: list[np.ndarray | None], alp
             for f, inc, lab in zip(fits, includes, labels)]
 
 
-def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID, tol: float = 1e-6,
-               max_iter: int = 50, curvature: str = "auto", say=lambda _m: None,
-               name: str = "cv", lazy_hessian: bool = True) -> RelaxResult:
+def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID,
+               options: SolverOptions | None = None, say=lambda _m: None,
+               name: str = "cv") -> RelaxResult:
     """Refit every distinct pattern of every fold and full-data path of ``cv`` (a ``CVResult``
     with folds), then score every blend g < 1 of every grid point on its held-out fold.
 
     Passes: the refits share passes (``fit_many``: about the largest refit's Newton
     iterations), and the blends' held-out deviances take one pass per 64 MB of coefficients.
-    An alpha whose refits separate is left unrelaxed (``failed``), with a warning."""
+    An alpha whose refits separate is left unrelaxed (``failed``), with a warning. ``options``:
+    the run's ``SolverOptions`` (default: the defaults)."""
+    opts = options if options is not None else SolverOptions()
     grid = tuple(sorted({float(g) for g in grid}))
     if any(not (0.0 <= g <= 1.0) for g in grid):
         raise ValueError(f"relaxation values must lie in [0, 1]; got {grid}")
@@ -141,9 +144,7 @@ def relax_path(oracle, structure: SegmentStructure, cv, *, grid=RELAX_GRID, tol:
         probs = []
         for key, f_, inc, lab in zip(keys, fits, incs, labels):
             probs += relax_problems([f_], [inc], cv.alphas[key[0]], light[key[0]], [lab])
-        res = fit_many(oracle, structure, probs, tol=tol, max_iter=max_iter,
-                       label=f"{name}: relaxed refits", curvature=curvature,
-                       lazy_hessian=lazy_hessian)
+        res = fit_many(oracle, structure, probs, label=f"{name}: relaxed refits", **opts.fit_kwargs())
         drop_hessians(res)
         refit.update(zip(keys, res))
 

@@ -129,7 +129,8 @@ def test_model_save_load_round_trip(spark, tmp_path, campaign, fitted, exposures
         FusedSegmentationModel.load(str(tmp_path / "nothing"))
 
 
-def test_estimator_save_load_keeps_params(tmp_path, campaign):
+def test_estimator_save_load_keeps_params(spark, tmp_path, campaign):
+    # save/load go through the active Spark session: the fixture makes one even when run alone
     est = estimator(campaign, regParam=[0.02, 0.01], alpha=0.2, cvFolds=3, relax=[0.5],
                     mlflowTags={"team": "growth"})
     path = str(tmp_path / "estimator")
