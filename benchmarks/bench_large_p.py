@@ -70,10 +70,26 @@ from segmentation.solver.subproblem import QuadraticModel  # noqa: E402
 MAPPING = {f"S{j}": [f"S{j}c{i}" for i in range(3)] for j in range(4)}
 
 
+def planted_beta(rng, st: SegmentStructure, p: int) -> np.ndarray:
+    """(K, p) planted coefficients: per segment an intercept ~ N(-1, 0.3) and p/10 nonzero
+    covariates ~ N(0, 1.5/k) (gamma), every creative at its segment's gamma except creative 1,
+    which deviates by N(0, 1/p) in every coefficient."""
+    m, q = st.n_segments, p - 1
+    k = max(2, q // 10)                          # nonzero covariates per segment
+    gamma = np.zeros((m, p))
+    gamma[:, 0] = rng.normal(-1.0, 0.3, m)
+    for j in range(m):
+        nz = rng.choice(np.arange(1, p), k, replace=False)
+        gamma[j, nz] = rng.normal(0, np.sqrt(1.5 / k), k)
+    beta = gamma[st.segment_index].copy()
+    beta[1] += rng.normal(0, np.sqrt(1.0 / p), p)             # the deviant creative
+    return beta
+
+
 def simulate(rows: int, p: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     st = SegmentStructure.from_mapping(MAPPING)
-    K, m, q = st.n_creatives, st.n_segments, p - 1
+    K, q = st.n_creatives, p - 1
     Z = rng.standard_normal((rows, q), dtype=np.float64)
     groups = max(1, q // 10)
     F = rng.standard_normal((rows, groups))
@@ -84,14 +100,7 @@ def simulate(rows: int, p: int, seed: int = 0):
     X[:, 0] = 1.0
     X[:, 1:] = Z
     del Z, F
-    k = max(2, q // 10)                          # nonzero covariates per segment
-    gamma = np.zeros((m, p))
-    gamma[:, 0] = rng.normal(-1.0, 0.3, m)
-    for j in range(m):
-        nz = rng.choice(np.arange(1, p), k, replace=False)
-        gamma[j, nz] = rng.normal(0, np.sqrt(1.5 / k), k)
-    beta = gamma[st.segment_index].copy()
-    beta[1] += rng.normal(0, np.sqrt(1.0 / p), p)             # the deviant creative
+    beta = planted_beta(rng, st, p)
     creative = rng.integers(0, K, rows)
     eta = np.einsum("ij,ij->i", X, beta[creative])
     y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
@@ -99,23 +108,17 @@ def simulate(rows: int, p: int, seed: int = 0):
 
 
 def simulate_blocks(rows: int, p: int, n_blocks: int, seed: int = 0):
-    """The same campaign as ``simulate`` (same planted gamma and deviant creative; covariates
-    standardised by their population moments instead of the sample's), generated block by block
+    """The campaign of ``simulate`` (the same covariate law and ``planted_beta``, drawn from the
+    seed in another order, so not the same draw; covariates standardised by their population
+    moments instead of the sample's), generated block by block
     straight into ``DesignBlock``s already sorted by creative: peak memory is the design plus
     one block's draw, so 1M x 2,000 (16 GB of float64) fits where ``simulate``'s copies do not.
     Returns (structure, LocalOracle)."""
     rng = np.random.default_rng(seed)
     st = SegmentStructure.from_mapping(MAPPING)
-    K, m, q = st.n_creatives, st.n_segments, p - 1
+    K, q = st.n_creatives, p - 1
     groups = max(1, q // 10)
-    k = max(2, q // 10)
-    gamma = np.zeros((m, p))
-    gamma[:, 0] = rng.normal(-1.0, 0.3, m)
-    for j in range(m):
-        nz = rng.choice(np.arange(1, p), k, replace=False)
-        gamma[j, nz] = rng.normal(0, np.sqrt(1.5 / k), k)
-    beta = gamma[st.segment_index].copy()
-    beta[1] += rng.normal(0, np.sqrt(1.0 / p), p)
+    beta = planted_beta(rng, st, p)
     group_of = np.minimum(np.arange(q) // 10, groups - 1)
     blocks = []
     for n_b in (len(i) for i in np.array_split(np.arange(rows), n_blocks)):
