@@ -1,10 +1,11 @@
 """How every fit of a run is solved: one value, passed once, splatted into every ``fit_many``.
 
 The cross-validated path makes fits at several stages (null models, adaptive initial fits, the
-lambda steps, the relaxed refits) and the evaluation's cross-fit makes more; each must be
-solved the same way. Threading ``tol``, ``max_iter``, ``curvature`` and ``lazy_hessian``
-through every stage as separate arguments let one stage miss one (the null fits once ignored
-``curvature``); a ``SolverOptions`` cannot be passed in part.
+lambda steps, the relaxed refits), and each must be solved the same way. Threading ``tol``,
+``max_iter``, ``curvature`` and ``lazy_hessian`` through every stage as separate arguments let
+one stage miss one (the null fits once ignored ``curvature``); a ``SolverOptions`` cannot be
+passed in part. (``segment fit``'s single fit and the evaluation's cross-fit still take the
+keywords: each has one ``fit_many`` call site.)
 
 - ``tol``: the KKT (prox-gradient) residual at which a fit stops (``solver.optimality``);
 - ``max_iter``: the Newton-iteration cap (x ``DIAGONAL_ITER_FACTOR`` in diagonal mode);
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from segmentation.solver.curvature import MODES as CURVATURE_MODES
+from segmentation.solver.prox_newton import QUASI_NEWTON
 
-QUASI_NEWTON = ("anderson", "spectral")
 NULL_TOL = 1e-8
 """Null models (lambda = inf) are solved to at most this residual: lambda_max is read from
 their gradient, and every grid point depends on it."""
