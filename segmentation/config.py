@@ -120,6 +120,14 @@ class ModelConfig(_Section):
     def alphas(self) -> list[float]:
         return DEFAULT_ALPHAS if self.alpha is None else [float(x) for x in _as_list(self.alpha)]
 
+    def solver_options(self):
+        """The ``solver.options.SolverOptions`` every fit of a run uses (tol, max_iter,
+        curvature, lazy_hessian)."""
+        from segmentation.solver.options import SolverOptions
+
+        return SolverOptions(tol=self.tol, max_iter=self.max_iter, curvature=self.curvature,
+                             lazy_hessian=self.lazy_hessian)
+
     def alpha_warnings(self) -> list[str]:
         bad = [a for a in self.alphas if a >= DEGENERATE_ALPHA]
         if not bad:

@@ -260,9 +260,8 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
 def fit_single(prepared: PreparedData, cfg: SegmentConfig) -> SegmentationModel:
     lam = cfg.model.lambdas[0]
     alpha = cfg.model.alphas[0]
-    result = fit(prepared.oracle, prepared.structure, lam, alpha, tol=cfg.model.tol,
-                 max_iter=cfg.model.max_iter, label=f"fit lambda={lam:g} alpha={alpha:g}",
-                 curvature=cfg.model.curvature, lazy_hessian=cfg.model.lazy_hessian)
+    result = fit(prepared.oracle, prepared.structure, lam, alpha, label=f"fit lambda={lam:g} alpha={alpha:g}",
+                 **cfg.model.solver_options().fit_kwargs())
     return to_model(prepared, result, cfg, lam, alpha)
 
 
@@ -280,10 +279,9 @@ def fit_cv(prepared: PreparedData, cfg: SegmentConfig, progress=print, on_point=
     m = cfg.model
     cv = cross_validate(prepared.oracle, prepared.structure, m.alphas, m.lambdas,
                         n_lambda=m.n_lambda, lambda_min_ratio=m.lambda_min_ratio, rule=cfg.cv.rule,
-                        tol=m.tol, max_iter=m.max_iter, progress=progress, name="cv",
-                        on_point=on_point, curvature=m.curvature, relax=cfg.cv.relax_grid,
+                        progress=progress, name="cv", on_point=on_point, relax=cfg.cv.relax_grid,
                         adaptive=m.adaptive_power if m.adaptive else None, checkpoint=checkpoint,
-                        lazy_hessian=m.lazy_hessian)
+                        options=m.solver_options())
     if cv.chosen is None:
         raise SegmentationError("cross-validation gave no finite held-out deviance at any grid point "
                                 "(are some folds empty? try fewer cv.folds)")

@@ -22,6 +22,7 @@ import numpy as np
 
 from segmentation.errors import DataValidationError, SeparationError
 from segmentation.selection.relax import blend, relax_problems
+from segmentation.solver.options import SolverOptions
 from segmentation.solver.prox_newton import Problem, fit_many
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,11 @@ def check_compatible(model, prepared) -> None:
             f"unexpected {extra} (check data.covariates / data.categorical and the data's levels)")
 
 
-def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50, curvature: str = "auto",
-             lazy_hessian: bool = True) -> CrossFit:
+def crossfit(prepared, model, *, options: SolverOptions | None = None) -> CrossFit:
     """Fit the 2F cross-fitting problems on ``prepared.oracle`` (which must have F >= 2 folds);
-    ``curvature`` and ``lazy_hessian`` as in ``solver.prox_newton.fit_many`` (the config's)."""
+    ``options``: the run's ``SolverOptions`` (``cfg.model.solver_options()``; default: the
+    defaults)."""
+    opts = options if options is not None else SolverOptions()
     F = prepared.n_folds
     if F < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds; the prepared data has {F}")
@@ -86,8 +88,7 @@ def crossfit(prepared, model, *, tol: float = 1e-6, max_iter: int = 50, curvatur
         inc = np.arange(F) != f
         problems.append(Problem(np.inf, 0.0, include=inc, label=f"per-segment models fold {f}"))
     def solve(probs, label):
-        return fit_many(prepared.oracle, st, probs, tol=tol, max_iter=max_iter, curvature=curvature,
-                        lazy_hessian=lazy_hessian, label=label)
+        return fit_many(prepared.oracle, st, probs, label=label, **opts.fit_kwargs())
 
     t0 = time.time()
     before = prepared.oracle.passes

@@ -167,8 +167,7 @@ def run_evaluation(spark, cfg, model, prepared=None, mlflow_run_id: str | None =
             log.warning(w)
 
         # ---- cross-fitted fold models
-        cf = crossfit(prepared, model, tol=cfg.model.tol, max_iter=cfg.model.max_iter,
-                      curvature=cfg.model.curvature, lazy_hessian=cfg.model.lazy_hessian)
+        cf = crossfit(prepared, model, options=cfg.model.solver_options())
         timings["crossfit"] = cf.seconds
         if cf.skipped:
             warns.append(cf.skipped)

@@ -408,7 +408,8 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
                    progress: Callable[[str], None] | None = print, spark=None,
                    name: str = "cv", on_point: Callable[[dict], None] | None = None,
                    curvature: str = "auto", relax=RELAX_GRID, adaptive: float | None = None,
-                   checkpoint=None, lazy_hessian: bool = True) -> CVResult:
+                   checkpoint=None, lazy_hessian: bool = True,
+                   options: SolverOptions | None = None) -> CVResult:
     """Fit the lambda path of every alpha on all rows and, with ``folds`` (and an oracle with
     F >= 2 folds), on every fold's training rows too, in shared passes; then select.
 
@@ -427,6 +428,9 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     are then counted with a job group (``jobs.count_jobs``). ``curvature`` is the solver's
     curvature mode (``solver.curvature``: full Hessians, diagonal for large p, or auto), and
     ``lazy_hessian`` whether full-mode fits reuse Hessians between refreshes (``fit_many``).
+    ``options``: a ``SolverOptions`` to use instead of ``tol``, ``max_iter``, ``curvature`` and
+    ``lazy_hessian`` (then left at their defaults; a run's config gives
+    ``cfg.model.solver_options()``).
     ``checkpoint``: a ``checkpoint.PathCheckpoint``; every completed stage (null models, each
     lambda index, the last held-out pass, the relaxed refits) is written to it, and stages it
     already holds are read back instead of computed (a killed run resumes at the next lambda).
@@ -440,7 +444,10 @@ def cross_validate(oracle, structure: SegmentStructure, alphas, lambdas=None, *,
     F = int(oracle.n_folds) if folds else 0
     if folds and F < 2:
         raise ValueError(f"cross-validation needs an oracle with at least 2 folds (has {oracle.n_folds})")
-    opts = SolverOptions(tol=tol, max_iter=max_iter, curvature=curvature, lazy_hessian=lazy_hessian)
+    given = SolverOptions(tol=tol, max_iter=max_iter, curvature=curvature, lazy_hessian=lazy_hessian)
+    if options is not None and given != SolverOptions():
+        raise ValueError("give either options or tol/max_iter/curvature/lazy_hessian, not both")
+    opts = options if options is not None else given
     spark = spark if spark is not None else getattr(oracle, "spark", None)
     say = progress or (lambda _msg: None)
     passes0 = oracle.passes

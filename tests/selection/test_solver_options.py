@@ -83,3 +83,19 @@ def test_options_are_the_fit_many_keywords():
                                      quasi_newton="anderson")
     assert opts.for_null().tol == NULL_TOL and opts.for_null().curvature == "full"
     assert SolverOptions(tol=1e-10).for_null().tol == 1e-10
+
+
+def test_cross_validate_takes_options_or_keywords_not_both(campaign):
+    st, oracle = campaign
+    with pytest.raises(ValueError, match="not both"):
+        cross_validate(oracle, st, [0.2], n_lambda=2, relax=None, progress=None,
+                       options=SolverOptions(), curvature="diagonal")
+
+
+def test_the_config_gives_the_runs_options():
+    from segmentation.config import ModelConfig
+
+    m = ModelConfig.model_validate({"tol": 1e-7, "max_iter": 9, "curvature": "diagonal",
+                                    "lazy_hessian": False})
+    assert m.solver_options() == SolverOptions(tol=1e-7, max_iter=9, curvature="diagonal",
+                                               lazy_hessian=False)
