@@ -4,8 +4,8 @@ The cross-validated path makes fits at several stages (null models, adaptive ini
 lambda steps, the relaxed refits), and each must be solved the same way. Threading ``tol``,
 ``max_iter``, ``curvature`` and ``lazy_hessian`` through every stage as separate arguments let
 one stage miss one (the null fits once ignored ``curvature``); a ``SolverOptions`` cannot be
-passed in part. (``segment fit``'s single fit and the evaluation's cross-fit still take the
-keywords: each has one ``fit_many`` call site.)
+passed in part. A run's config gives its options (``ModelConfig.solver_options``), used by
+``segment fit``'s single fit, the CV and the evaluation's cross-fit.
 
 - ``tol``: the KKT (prox-gradient) residual at which a fit stops (``solver.optimality``);
 - ``max_iter``: the Newton-iteration cap (x ``DIAGONAL_ITER_FACTOR`` in diagonal mode);
