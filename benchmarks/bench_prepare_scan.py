@@ -60,17 +60,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TARGET = 2.0          # prepare() / scan
-STEPS = ("setup", "levels", "users", "scan", "checks", "finish", "oracle")
+STEPS = ("setup", "levels", "users", "plan", "scan", "checks", "finish", "oracle")
 
 
-def make_config(data: str, store: str, args) -> dict:
+def make_config(data: str, store: str, args, reader: str = "auto") -> dict:
     with open(os.path.join(data, "truth.json")) as fh:
         truth = json.load(fh)
     return {
         "data": {"exposures": os.path.join(data, "exposures"), "format": "parquet",
                  "user_col": "user_id", "creative_col": "creative", "response_col": "response",
                  "covariates": list(truth["numeric"]),
-                 "categorical": ["region"] if args.categorical else [], "store": store},
+                 "categorical": ["region"] if args.categorical else [], "store": store,
+                 "reader": reader},
         "segments": truth["segments"],
         "model": {"lambda": 0.01, "alpha": 0.1},
         "output": {"model_dir": os.path.join(args.out, "model-unused")},
@@ -119,6 +120,7 @@ def main() -> None:
 
     data = args.data or simulate(args)
     cfgs = {s: parse_config(make_config(data, s, args)) for s in ("files", "spark")}
+    cfgs["files via spark"] = parse_config(make_config(data, "files", args, reader="spark"))
     t = time.perf_counter()
     spark = spark_for(cfgs["files"], "bench_prepare_scan")
     t_start = time.perf_counter() - t
@@ -198,7 +200,7 @@ def main() -> None:
             vm.scan_frame, pm.FileSink = saved
 
     variants = [("scan", scan), ("count scan", count_scan), ("prepare files", fused("files")),
-                ("prepare spark", fused("spark"))]
+                ("prepare spark", fused("spark")), ("spark-read files", fused("files via spark"))]
     if args.before:
         variants += [("before files", before("files")), ("before spark", before("spark"))]
     if args.array_scan:
@@ -210,7 +212,7 @@ def main() -> None:
             raise SystemExit(f"--variants: unknown {unknown} (known: {[n for n, _ in variants]}); "
                              "'scan' or 'count scan' is required")
         variants = [(n, fn) for n, fn in variants if n in keep]
-    checked = ("prepare files", "prepare spark", "before files", "array files")
+    checked = ("prepare files", "prepare spark", "before files", "array files", "spark-read files")
 
     # warm-up round (untimed in the medians): compiles every variant's code once
     first = {}
@@ -293,6 +295,22 @@ def check_agreement(kept: dict) -> dict:
             for a in ("X", "y", "creative", "fold"):
                 same &= np.array_equal(np.concatenate([getattr(b, a) for b in bl])[order], getattr(f, a))
         out["stores_same_blocks"] = bool(same)
+    pr = kept.get("spark-read files")
+    if pf is not None and pr is not None:
+        # the same rows through pyarrow in the tasks (data.reader auto) and through Spark
+        # (data.reader spark): partitions differ, so compare the pooled sorted rows
+        out["readers_same_report"] = pf.report.to_dict() == pr.report.to_dict()
+        out["readers_same_counts"] = bool(np.array_equal(pf.manifest.counts, pr.manifest.counts))
+        e1, e2 = pf.encoding, pr.encoding
+        out["readers_max_rel_d_sd"] = float(np.max(np.abs(np.subtract(e1.sd, e2.sd))
+                                                   / np.maximum(np.abs(e2.sd), 1e-300)))
+
+        def pooled(m):
+            a = np.concatenate([np.column_stack([b.X, b.y, b.creative, b.fold])
+                                for b in m.load_blocks()])
+            return a[np.lexsort((a[:, 2], a[:, 1], a[:, -2]))]
+        out["readers_max_abs_d_rows"] = float(np.max(np.abs(pooled(pf.manifest) - pooled(pr.manifest))))
+        out["readers"] = f"{pf.reader} vs {pr.reader}"
     pa_ = kept.get("array files")
     if pf is not None and pa_ is not None:
         same = pf.report.to_dict() == pa_.report.to_dict() and pf.encoding.to_dict() == pa_.encoding.to_dict()
@@ -344,7 +362,7 @@ def report(args, data, n_rows, n_parts, numeric, other, times, first, loads, agr
                  + " ".join(f"{v:.2f}" for v in tot))
     L.append("")
     L.append("steps of prepare() (median s, share of the median total):")
-    for name in [n for n in times if n.startswith(("prepare", "before"))]:
+    for name in [n for n in times if n.startswith(("prepare", "before", "spark-read"))]:
         ts = times[name]
         keys = [k for k in ts[0] if k != "total"]
         tot = med([t["total"] for t in ts])

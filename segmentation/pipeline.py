@@ -24,7 +24,7 @@ from segmentation.data.blockstore import (BlockManifest, FileSink, add_creative_
                                           remove_blocks, sweep_block_dirs, write_blocks)
 from segmentation.data.encode import Encoding
 from segmentation.data.folds import assign_folds
-from segmentation.data.read import read_exposures
+from segmentation.data.read import infer_format, read_exposures
 from segmentation.data.validate import ValidationReport, scan_and_validate, validate_and_encode
 from segmentation.model import SegmentationModel
 from segmentation.errors import ConfigError
@@ -69,6 +69,8 @@ class PreparedData:
     n_folds: int
     store: str = "files"
     store_reason: str = ""
+    reader: str = "spark"             # who read the rows for the fused scan: "arrow" or "spark"
+    reader_reason: str = ""
 
     def release(self) -> None:
         if isinstance(self.manifest, CachedBlocks):
@@ -131,7 +133,9 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None
     log.info("data path: %s (%s)", store, why)
     ship_package(spark)
     mapping = cfg.segment_mapping()
+    source_format = None
     if df is None:
+        source_format = (d.format or infer_format(d.exposures)).lower()
         df = read_exposures(spark, d.exposures, d.format)
     structure = build_structure(mapping, cfg.control)
     tm["setup"] = time.perf_counter() - t0
@@ -140,11 +144,13 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None
     else:
         sweep_block_dirs(d.block_dir, d.orphan_grace_seconds)
         sink = FileSink(spark, d.block_dir)
+    choices: dict = {}
     fused = scan_and_validate(
         df, user_col=d.user_col, creative_col=d.creative_col, response_col=d.response_col,
         covariates=d.covariates, categorical=d.categorical, segments=mapping, control=cfg.control,
         standardize=cfg.model.standardize, creatives=list(structure.creatives), n_folds=n_folds,
-        seed=cfg.cv.seed, sink=sink, timings=tm,
+        seed=cfg.cv.seed, sink=sink, timings=tm, reader=d.reader, source_format=source_format,
+        choices=choices,
     )
     if fused is None:
         return _prepare_two_step(spark, cfg, n_folds, df, structure, store, why)
@@ -159,7 +165,8 @@ def prepare(spark, cfg: SegmentConfig, n_folds: int = 1, *, timings: dict | None
         oracle = SparkOracle.from_manifest(spark, manifest)
     tm["oracle"] = time.perf_counter() - t
     tm["total"] = time.perf_counter() - t0
-    return PreparedData(df, report, encoding, structure, manifest, oracle, n_folds, store, why)
+    return PreparedData(df, report, encoding, structure, manifest, oracle, n_folds, store, why,
+                        choices.get("reader", "spark"), choices.get("reader_reason", ""))
 
 
 def _prepare_two_step(spark, cfg: SegmentConfig, n_folds: int, df, structure, store: str,
@@ -221,6 +228,7 @@ def to_model(prepared: PreparedData, result: FitResult, cfg: SegmentConfig, lam:
     }
     data_info = {
         "source": cfg.data.exposures,
+        "reader": prepared.reader,
         "user_col": cfg.data.user_col,
         "rows": int(rep.n_rows),
         "users": int(rep.n_users),

@@ -39,6 +39,7 @@ Measured 1M rows x 50 covariates, local[2], in one run (``benchmarks/bench_prepa
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -46,6 +47,8 @@ import numpy as np
 
 from segmentation.data.encode import col_ref, numeric_type_names
 from segmentation.errors import DataValidationError
+
+log = logging.getLogger(__name__)
 
 _CREATIVE = "__creative"
 _GID = "__gid"
@@ -633,12 +636,17 @@ def _shuffle_partitions_at_most(spark, per_core: int):
 _SCAN_BATCH_BYTES = 32 << 20
 
 
+def scan_batch_rows(width: int) -> int:
+    """Rows per batch of the fused scan for ``width`` features (about ``_SCAN_BATCH_BYTES``)."""
+    return min(100_000, max(1024, _SCAN_BATCH_BYTES // (8 * max(int(width), 1))))
+
+
 def _arrow_batch_rows(spark, width: int):
     def choose(old):
         cur = int(old or 10000)
         if cur <= 0:                       # unlimited already
             return None
-        rows = min(100_000, max(1024, _SCAN_BATCH_BYTES // (8 * max(int(width), 1))))
+        rows = scan_batch_rows(width)
         return str(rows) if rows != cur else None
     return _session_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", choose)
 
@@ -676,7 +684,9 @@ def combine_scan_stats(summaries, n_stats: int) -> dict:
 def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str, covariates,
                       categorical=(), segments: dict[str, list[str]], control: str | None = None,
                       standardize: bool = True, max_levels: int = 200, creatives,
-                      n_folds: int = 1, seed: int = 0, sink, timings: dict | None = None):
+                      n_folds: int = 1, seed: int = 0, sink, timings: dict | None = None,
+                      reader: str = "spark", source_format: str | None = None,
+                      choices: dict | None = None):
     """Validate, encode and convert to blocks with ONE read of the covariates; return
     ``(report, encoding, manifest)`` or None when the fused scan does not apply (a categorical
     column with more than ``max_levels`` levels: the caller takes the two-step path, which
@@ -700,8 +710,15 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     a query for the names of creatives with no segment, and one for response examples.
     Anything the scan stored is removed before an error propagates.
 
+    The scan's input: ``scan_frame`` through Spark, or the same batches built by pyarrow in
+    the tasks from the Parquet files (``parquet_tasks``) when ``reader`` ("spark", "auto" or
+    "arrow", ``data.reader``) allows and ``source_format`` (the format the caller read ``df``
+    from itself; None for a DataFrame handed in) is Parquet: see
+    :func:`parquet_tasks.plan_direct_read`. ``choices``, when given, receives ``reader``
+    ("arrow" or "spark") and ``reader_reason``.
+
     ``timings``, when given, receives the seconds of each step (``levels``, ``users``,
-    ``scan``, ``checks``, ``finish``).
+    ``plan`` (the direct reader's footer job), ``scan``, ``checks``, ``finish``).
     """
     import time
 
@@ -711,6 +728,8 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     from segmentation.data.encode import (categorical_statistics, encoding_from_statistics,
                                           reference_and_levels)
 
+    from segmentation.data.parquet_tasks import ScanSpec, plan_direct_read
+
     tm = timings if timings is not None else {}
     clock = time.perf_counter
     covariates = [str(c) for c in covariates]
@@ -718,6 +737,19 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     creatives = [str(c) for c in creatives]
     owner = validate_segments(segments, control)
     types = _check_schema(df, user_col, creative_col, response_col, covariates, categorical)
+    direct, why = plan_direct_read(
+        df.sparkSession, df, fmt=source_format, reader=reader,
+        own_read=source_format is not None, types=types,
+        spec_columns=dict(user=[user_col], creative=[creative_col], response=[response_col],
+                          covariates=covariates, categorical=categorical))
+    reason = direct.why if direct is not None else why
+    log.info("fused scan input: %s (%s)", "pyarrow in the tasks" if direct else "Spark", reason)
+    if choices is not None:
+        choices.update(reader="arrow" if direct is not None else "spark", reader_reason=reason)
+    t = clock()
+    if direct is not None:
+        direct.plan()               # first: a file pyarrow cannot read is named before any scan
+    tm["plan"] = clock() - t
 
     t = clock()
     level_counts: dict[str, dict[str, int]] = {c: {} for c in categorical}
@@ -736,12 +768,23 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     n_users = count_users(df, user_col)
     tm["users"] = clock() - t
     t = clock()
-    frame = scan_frame(df, user_col=user_col, creative_col=creative_col, response_col=response_col,
-                       covariates=covariates, categorical=categorical, levels=levels,
-                       creatives=creatives, n_folds=n_folds, seed=seed, types=types)
+    width = len(covariates) + sum(len(v) for v in levels.values())
+    if direct is not None:
+        spec = ScanSpec(user_col=user_col, creative_col=creative_col, response_col=response_col,
+                        response_kind=("boolean" if isinstance(types[response_col], T.BooleanType)
+                                       else "number"),
+                        covariates=tuple(covariates),
+                        categorical=tuple((c, tuple(levels.get(c, []))) for c in categorical),
+                        creatives=tuple(creatives), n_folds=int(n_folds), seed=int(seed),
+                        batch_rows=scan_batch_rows(width))
+        frame = direct.frame(spec)
+    else:
+        frame = scan_frame(df, user_col=user_col, creative_col=creative_col,
+                           response_col=response_col, covariates=covariates,
+                           categorical=categorical, levels=levels, creatives=creatives,
+                           n_folds=n_folds, seed=seed, types=types)
     K = len(creatives)
     try:
-        width = len(covariates) + sum(len(v) for v in levels.values())
         with _arrow_batch_rows(df.sparkSession, width):
             summaries = sink.run(frame, n_stats=len(covariates), n_creatives=K, n_folds=n_folds)
         tm["scan"] = clock() - t

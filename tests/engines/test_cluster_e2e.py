@@ -104,6 +104,8 @@ def test_fit_with_cv_on_cluster_equals_local_mode(cluster_fit, local_model):
     assert "shipped by spark-submit --py-files creative_segmentation-" in cluster_fit["stderr"]
     b_cluster, m_cluster = model_betas(cluster_fit["cfg"]["output"]["model_dir"])
     b_local, m_local = model_betas(local_model["model_dir"])
+    # the executors read the Parquet files themselves (pyarrow in the tasks), from the shared dir
+    assert m_cluster["data"]["reader"] == m_local["data"]["reader"] == "arrow"
     assert m_cluster["lambda"] == pytest.approx(m_local["lambda"], rel=1e-10)
     assert [c["fused"] for c in m_cluster["creatives"]] == [c["fused"] for c in m_local["creatives"]]
     np.testing.assert_allclose(b_cluster, b_local, rtol=1e-8, atol=1e-10)

@@ -72,6 +72,7 @@ def test_fit_with_cv_over_connect_equals_local_mode(local_run, connect_fit):
     assert "addArtifacts" in connect_fit["stderr"]
     b_connect, m_connect = model_betas(connect_fit["cfg"]["output"]["model_dir"])
     b_local, m_local = model_betas(local_run["cfg"].output.model_dir)
+    assert m_connect["data"]["reader"] == m_local["data"]["reader"] == "arrow"
     assert m_connect["selection"]["lambda"] == pytest.approx(m_local["selection"]["lambda"], rel=1e-10)
     assert m_connect["alpha"] == m_local["alpha"]
     assert [c["fused"] for c in m_connect["creatives"]] == [c["fused"] for c in m_local["creatives"]]

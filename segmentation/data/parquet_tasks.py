@@ -1,0 +1,417 @@
+"""Parquet read by pyarrow inside Spark tasks: the fused scan's input without Spark's hand-off.
+
+``prepare()``'s fused scan (``validate.scan_and_validate``) needs every used value of every
+row in a Python worker once. Through Spark (``mapInArrow`` over ``validate.scan_frame``) the
+JVM decodes the Parquet pages, turns the columns into rows, then the rows into Arrow batches
+for the worker: on this 2-core machine that hand-off alone costs about 2x an aggregate scan of
+the same columns (``benchmarks/results/prepare_scan.md``). Here the tasks are Spark's, but
+each one opens its share of the Parquet files with pyarrow and builds the scan frame's batches
+itself (columnar all the way), so the same sink functions (``FileSink``/``CacheSink``) receive
+the same batches: ``y``, ``c``, ``f``, ``nu``, ``x0..`` as defined by ``scan_frame``:
+
+- ``y`` (int8): 1 for a positive response, 0 for a negative, -1 when the response is null or
+  (for numbers) not 0/1; a boolean response is true/false, null -> -1;
+- ``c`` (int32): the creative's index in ``creatives`` (its value as a string), -1 when it
+  has none, -2 for null;
+- ``f`` (int32): ``pmod(xxhash64(user, seed), n_folds)``, computed by
+  ``spark_hash.spark_fold`` bit for bit as Spark computes ``folds.fold_expression``;
+- ``nu`` (bool): the user id is null;
+- ``x0..``: each numeric covariate as double (null stays null), then one 0.0/1.0 indicator
+  per categorical level (a null level is 0.0).
+
+The jobs: one over the files that reads their footers (row groups, rows and the columns each
+file has), then the scan itself, one task per contiguous run of row groups balanced by rows
+(about as many tasks as Spark's own reader would make: one per ``maxPartitionBytes`` of file,
+at least the default parallelism). Both run over ``spark.range(n, numPartitions=n)``, task i
+taking its share from the closure, so they work on any cluster and over Spark Connect.
+
+When it applies (:func:`plan_direct_read`): the input is a Parquet path that ``prepare()``
+reads itself (a DataFrame handed in may carry filters: it goes through Spark), every file Spark
+lists is one pyarrow can open (``file:`` URIs, a local disk or a mount every executor shares,
+as Spark itself needs; ``data.reader: arrow`` also tries other schemes pyarrow knows, with its
+own credentials), no used column is a partition directory, and the used columns have the
+types handled above (string or integer user and creative ids, a numeric or boolean response,
+integer or floating covariates, string categoricals). Otherwise the scan goes through Spark,
+with the reason logged.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import partial
+from urllib.parse import quote, unquote
+
+from segmentation.errors import DataValidationError
+
+READERS = ("auto", "spark", "arrow")
+
+# Spark type name (DataType.typeName()) -> role support in the direct reader
+_INT_TYPES = ("byte", "short", "integer", "long")
+_FLOAT_TYPES = ("float", "double")
+_ID_TYPES = ("string",) + _INT_TYPES
+_SCHEMES = {"s3a": "s3", "s3n": "s3"}         # Hadoop's names for schemes pyarrow calls otherwise
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What a task needs to build ``scan_frame``'s batches from the files' columns."""
+
+    user_col: str
+    creative_col: str
+    response_col: str
+    response_kind: str                 # "boolean" or "number"
+    covariates: tuple
+    categorical: tuple                 # ((column, (level, ...)), ...)
+    creatives: tuple
+    n_folds: int
+    seed: int
+    batch_rows: int
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.user_col, self.creative_col, self.response_col, *self.covariates,
+                *(c for c, _ in self.categorical)]
+
+
+@dataclass
+class DirectRead:
+    """The plan of a direct read: the Parquet files Spark lists for the input and the
+    session; :meth:`frame` gives the stand-in for ``scan_frame`` the sinks run on."""
+
+    spark: object
+    files: list
+    total_bytes: int
+    why: str
+    units: list | None = None          # per task: [(path, [row group, ...]), ...]
+
+    def plan(self) -> list:
+        """The tasks' row groups (the footer job, once)."""
+        if self.units is None:
+            self.units = plan_units(self.spark, self.files, self.total_bytes)
+        return self.units
+
+    def frame(self, spec: ScanSpec) -> "DirectScanFrame":
+        return DirectScanFrame(self.spark, self.plan(), spec)
+
+
+class DirectScanFrame:
+    """Stands in for ``validate.scan_frame``'s DataFrame in ``sink.run``: ``mapInArrow(task,
+    schema)`` runs ``task`` over the same batches, read by pyarrow in the tasks."""
+
+    def __init__(self, spark, units: list, spec: ScanSpec):
+        self.spark, self.units, self.spec = spark, units, spec
+
+    def mapInArrow(self, task, schema):          # noqa: N802 - the DataFrame method it mirrors
+        n = len(self.units)
+        fn = partial(_direct_task, units=self.units, spec=self.spec, task=task)
+        return self.spark.range(0, n, 1, numPartitions=n).mapInArrow(fn, schema)
+
+
+def _direct_task(batches, *, units, spec, task):
+    """mapInArrow body: the task ids this partition got (one), then ``task`` over the scan
+    frame's batches of their row groups."""
+    ids = []
+    for b in batches:                             # consume the input: the worker is reused
+        ids.extend(int(i) for i in b.column(0).to_pylist())
+    mine = [u for i in ids for u in units[i]]
+    yield from task(scan_batches_of(mine, spec))
+
+
+# ----------------------------------------------------------------------------- the decision
+def plan_direct_read(spark, df, *, fmt: str | None, reader: str, own_read: bool, types: dict,
+                     spec_columns: dict) -> tuple[DirectRead | None, str]:
+    """``(plan, why)``: a :class:`DirectRead` when the direct reader applies, else None; ``why``
+    says which and why. ``reader`` is ``data.reader``: "spark" never, "auto" when every
+    condition of the module docstring holds, "arrow" likewise but for any URI scheme, and a
+    ``DataValidationError`` naming the condition that fails. ``own_read``: ``prepare()`` read
+    ``df`` from the source itself (not a DataFrame handed in). ``types``: column -> Spark type;
+    ``spec_columns``: role -> column names (``user``, ``creative``, ``response``,
+    ``covariates``, ``categorical``)."""
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {list(READERS)}, got {reader!r}")
+    if reader == "spark":
+        return None, "data.reader is 'spark'"
+
+    def refuse(why: str):
+        if reader == "arrow":
+            raise DataValidationError(f"config key 'data.reader' is 'arrow' but {why}; use 'auto' "
+                                      "or 'spark' to read through Spark")
+        return None, why
+
+    if not own_read:
+        return refuse("the exposures were handed in as a DataFrame (it may be filtered or derived)")
+    if fmt != "parquet":
+        return refuse(f"the exposures are {fmt}, not Parquet")
+    bad = _unsupported_types(types, spec_columns)
+    if bad:
+        return refuse("column types the direct reader does not handle: " + ", ".join(bad))
+    try:
+        files = list(df.inputFiles())
+    except Exception as exc:  # noqa: BLE001 - a source Spark cannot list cheaply
+        return refuse(f"Spark could not list the input files ({type(exc).__name__})")
+    if not files:
+        return refuse("Spark lists no input files")
+    used = {c.lower() for cols in spec_columns.values() for c in cols}
+    for f in files:
+        for seg in f.split("/")[:-1]:
+            if "=" in seg and seg.split("=", 1)[0].lower() in used:
+                return refuse(f"column '{seg.split('=', 1)[0]}' is a partition directory ({f})")
+    schemes = sorted({_scheme(f) for f in files})
+    remote = [s for s in schemes if s != "file"]
+    if reader == "auto" and remote:
+        return None, (f"input files are {remote[0]}: URIs (data.reader 'arrow' reads them with "
+                      "pyarrow's own filesystems and credentials)")
+    try:
+        for s in schemes:
+            if s != "file":
+                _open_fs(next(f for f in files if _scheme(f) == s))
+    except Exception as exc:  # noqa: BLE001
+        return refuse(f"pyarrow cannot open {schemes} URIs here: {exc}")
+    total = _total_bytes(files)
+    return DirectRead(spark, files, total, f"{len(files)} Parquet file(s) read by pyarrow in the tasks"), ""
+
+
+def _unsupported_types(types: dict, spec_columns: dict) -> list[str]:
+    """The used columns whose types the tasks do not read as Spark does: strings must have the
+    default (binary) collation, since Spark hashes and compares other collations by their
+    collation keys."""
+    def name(c):
+        t = types[c]
+        if t.typeName() == "string" and t.simpleString() != "string":
+            return t.simpleString()                    # a collated string
+        return t.typeName()
+
+    bad = []
+    for c in spec_columns["user"] + spec_columns["creative"]:
+        if name(c) not in _ID_TYPES:
+            bad.append(f"'{c}' ({types[c].simpleString()})")
+    for c in spec_columns["response"]:
+        if name(c) not in _INT_TYPES + _FLOAT_TYPES + ("boolean",):
+            bad.append(f"'{c}' ({types[c].simpleString()})")
+    for c in spec_columns["covariates"]:
+        if name(c) not in _INT_TYPES + _FLOAT_TYPES:
+            bad.append(f"'{c}' ({types[c].simpleString()})")
+    for c in spec_columns["categorical"]:
+        if name(c) != "string":
+            bad.append(f"'{c}' ({types[c].simpleString()})")
+    return bad
+
+
+def _scheme(uri: str) -> str:
+    head, sep, _ = uri.partition(":")
+    return head.lower() if sep and "/" not in head and len(head) > 1 else "file"
+
+
+def _arrow_uri(uri: str) -> str:
+    """A remote file URI as pyarrow's ``FileSystem.from_uri`` names its scheme (``s3a://`` ->
+    ``s3://``)."""
+    s = _scheme(uri)
+    if s in _SCHEMES:
+        return _SCHEMES[s] + uri[len(s):]
+    return uri
+
+
+def _total_bytes(files: list) -> int:
+    """Summed sizes of local files (0 when they cannot be seen from here: the footer job has
+    the sizes anyway)."""
+    total = 0
+    for f in files:
+        if _scheme(f) != "file":
+            return 0
+        try:
+            total += os.path.getsize(_local_path(f))
+        except OSError:
+            return 0
+    return total
+
+
+# ----------------------------------------------------------------------------- planning
+FOOTER_SCHEMA = "path string, n_rows array<long>, file_bytes long, error string"
+
+
+def _footer_task(batches, *, chunks):
+    """mapInArrow body of the footer job: per file of this task's chunk, the rows of each row
+    group and the file's size; a file pyarrow cannot open gives its error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = []
+    for b in batches:
+        ids.extend(int(i) for i in b.column(0).to_pylist())
+    rows = []
+    for i in ids:
+        for path in chunks[i]:
+            try:
+                fs, p = _open_fs(path)
+                size = fs.get_file_info(p).size
+                with fs.open_input_file(p) as fh:
+                    md = pq.ParquetFile(fh).metadata
+                rows.append(dict(path=path, n_rows=[md.row_group(g).num_rows for g in range(md.num_row_groups)],
+                                 file_bytes=int(size or 0), error=None))
+            except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the file
+                rows.append(dict(path=path, n_rows=[], file_bytes=0,
+                                 error=f"{type(exc).__name__}: {exc}"))
+    yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
+        ("path", pa.string()), ("n_rows", pa.list_(pa.int64())), ("file_bytes", pa.int64()),
+        ("error", pa.string())]))
+
+
+def _local_path(uri: str) -> str:
+    """The local path of a ``file:`` URI as Spark lists it (``file:/x``, ``file:///x``; spaces
+    percent-encoded, other characters such as accents left as they are)."""
+    path = uri.split(":", 1)[1] if uri.lower().startswith("file:") else uri
+    return unquote("/" + path.lstrip("/"))
+
+
+def _open_fs(uri: str):
+    """(pyarrow filesystem, path) for a file Spark listed."""
+    from pyarrow import fs as pafs
+
+    if _scheme(uri) == "file":
+        return pafs.LocalFileSystem(), _local_path(uri)
+    # pyarrow's URI parser takes ASCII only: percent-encode the rest, keep what is encoded
+    return pafs.FileSystem.from_uri(quote(_arrow_uri(uri), safe=":/%?=&@+,;~!$'()*[]#"))
+
+
+def default_parallelism(spark) -> int:
+    """The session's default parallelism (classic: the SparkContext's; over Spark Connect the
+    ``spark.default.parallelism`` conf when set, else 2)."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+        try:
+            return max(1, int(spark.conf.get("spark.default.parallelism", "2")))
+        except Exception:  # noqa: BLE001
+            return 2
+
+
+def _max_partition_bytes(spark) -> int:
+    from segmentation.oracle.base import _SIZE_UNITS
+
+    try:
+        raw = str(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")).strip().lower()
+        num = raw.rstrip("bkmgt")
+        return max(1 << 20, int(float(num) * _SIZE_UNITS[raw[len(num):]]))
+    except Exception:  # noqa: BLE001
+        return 128 << 20
+
+
+def plan_units(spark, files: list, total_bytes: int = 0) -> list:
+    """Read the footers (one Spark job) and cut the row groups into tasks: contiguous runs in
+    file order, balanced by rows, as many as ``max(default parallelism, total file bytes /
+    spark.sql.files.maxPartitionBytes)`` (Spark's own reader splits about so), at most one per
+    row group. A file pyarrow cannot open raises ``DataValidationError`` naming it."""
+    par = default_parallelism(spark)
+    n_chunks = max(1, min(len(files), par))
+    chunks = [files[i::n_chunks] for i in range(n_chunks)]
+    rows = spark.range(0, n_chunks, 1, numPartitions=n_chunks).mapInArrow(
+        partial(_footer_task, chunks=chunks), FOOTER_SCHEMA).collect()
+    info = {r["path"]: r for r in rows}
+    missing = [f for f in files if f not in info]
+    if missing:
+        raise RuntimeError(f"the footer job returned {len(info)} of {len(files)} files (e.g. {missing[0]})")
+    for f in files:
+        if info[f]["error"]:
+            raise DataValidationError(f"cannot read the Parquet file '{f}' with pyarrow on an "
+                                      f"executor: {info[f]['error']} (data.reader: spark reads "
+                                      "through Spark instead)")
+    groups = [(f, g, int(n)) for f in files for g, n in enumerate(info[f]["n_rows"]) if n > 0]
+    if not groups:
+        return [[]]
+    total_bytes = sum(int(info[f]["file_bytes"]) for f in files) or total_bytes
+    n_tasks = max(par, math.ceil(total_bytes / _max_partition_bytes(spark)))
+    n_tasks = max(1, min(n_tasks, len(groups)))
+    total = sum(n for _, _, n in groups)
+    units: list = [[] for _ in range(n_tasks)]
+    before = 0
+    for f, g, n in groups:
+        t = min(n_tasks - 1, int((before + n / 2) * n_tasks // total))
+        before += n
+        if units[t] and units[t][-1][0] == f:
+            units[t][-1][1].append(g)
+        else:
+            units[t].append((f, [g]))
+    return [u for u in units if u] or [[]]
+
+
+# ----------------------------------------------------------------------------- the task
+def scan_batches_of(units: list, spec: ScanSpec):
+    """Yield ``scan_frame``'s batches for the row groups ``units`` ([(path, [group, ...])])."""
+    import pyarrow.parquet as pq
+
+    for path, groups in units:
+        fs, p = _open_fs(path)
+        with fs.open_input_file(p) as fh:
+            pf = pq.ParquetFile(fh)
+            names = {n.lower(): n for n in pf.schema_arrow.names}
+            present = [names[c.lower()] for c in spec.columns if c.lower() in names]
+            for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups,
+                                         columns=present, use_threads=False):
+                yield scan_frame_batch(batch, spec, names, path)
+
+
+def _column(batch, spec_name: str, names: dict, path: str):
+    """The column ``spec_name`` of a file's batch (matched case-insensitively, as Spark does);
+    all nulls when the file lacks it (Spark reads a missing column as null)."""
+    import pyarrow as pa
+
+    actual = names.get(spec_name.lower())
+    if actual is None:
+        return pa.nulls(batch.num_rows)
+    col = batch.column(batch.schema.get_field_index(actual))
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def scan_frame_batch(batch, spec: ScanSpec, names: dict, path: str):
+    """One Arrow batch of the file's columns -> one batch of ``scan_frame``'s columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segmentation.data.spark_hash import spark_fold
+
+    resp = _column(batch, spec.response_col, names, path)
+    if spec.response_kind == "boolean":
+        if pa.types.is_null(resp.type):
+            resp = resp.cast(pa.bool_())
+        y = pc.if_else(resp, 1, 0)
+    else:
+        r = _as_float(resp, spec.response_col, path)
+        y = pc.if_else(pc.equal(r, 1.0), 1, pc.if_else(pc.equal(r, 0.0), 0, -1))
+    y = pc.fill_null(y, -1).cast(pa.int8())
+
+    cr = _column(batch, spec.creative_col, names, path)
+    if not pa.types.is_string(cr.type) and not pa.types.is_large_string(cr.type):
+        cr = cr.cast(pa.string())
+    idx = pc.index_in(cr, value_set=pa.array(list(spec.creatives), pa.string()))
+    c = pc.if_else(pc.is_null(cr), -2, pc.fill_null(idx, -1)).cast(pa.int32())
+
+    user = _column(batch, spec.user_col, names, path)
+    f = pa.array(spark_fold(user, spec.n_folds, spec.seed), pa.int32())
+    nu = pc.is_null(user)
+
+    cols = [y, c, f, nu]
+    for v in spec.covariates:
+        cols.append(_as_float(_column(batch, v, names, path), v, path))
+    for v, levels in spec.categorical:
+        s = _column(batch, v, names, path)
+        if not (pa.types.is_string(s.type) or pa.types.is_large_string(s.type)):
+            s = s.cast(pa.string())
+        for level in levels:
+            cols.append(pc.fill_null(pc.equal(s, level), False).cast(pa.float64()))
+    return pa.RecordBatch.from_arrays(cols, names=["y", "c", "f", "nu"]
+                                      + [f"x{j}" for j in range(len(cols) - 4)])
+
+
+def _as_float(col, name: str, path: str):
+    """``col`` as float64 the way Spark's cast to double does it (integers rounded to the
+    nearest double; null stays null)."""
+    import pyarrow as pa
+
+    if pa.types.is_float64(col.type):
+        return col
+    try:
+        return col.cast(pa.float64(), safe=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataValidationError(f"column '{name}' in Parquet file '{path}' has type {col.type}, "
+                                  f"which cannot be read as a number: {exc}") from None

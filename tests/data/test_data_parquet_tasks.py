@@ -1,0 +1,224 @@
+"""The direct Parquet reader of the fused scan (data.parquet_tasks): pyarrow in the Spark tasks
+gives the same report, encoding, per-(fold, creative) counts and design rows as Spark's own
+reader, the same errors on bad data, and the scan goes through Spark whenever the direct
+reader does not apply."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from segmentation.data.blockstore import FileSink
+from segmentation.data.parquet_tasks import plan_units
+from segmentation.data.validate import scan_and_validate
+from segmentation.errors import DataValidationError
+
+
+def _write(table: pa.Table, path, n_files=3, row_group_size=300):
+    os.makedirs(path, exist_ok=True)
+    step = -(-table.num_rows // n_files)
+    for i in range(n_files):
+        pq.write_table(table.slice(i * step, step), os.path.join(path, f"part-{i:05d}.parquet"),
+                       row_group_size=row_group_size)
+    return str(path)
+
+
+def _creatives(kw):
+    return [c for s in kw["segments"].values() for c in s]
+
+
+def _scan(spark, path, kw, reader, tmp_path, n_folds=3, **extra):
+    df = spark.read.parquet(path)
+    sink = FileSink(spark, str(tmp_path / f"blocks-{reader}"))
+    choices: dict = {}
+    out = scan_and_validate(df, **kw, creatives=_creatives(kw), n_folds=n_folds, seed=7,
+                            sink=sink, reader=reader, source_format="parquet", choices=choices,
+                            **extra)
+    return out, choices
+
+
+def _rows(manifest):
+    """All design rows of all blocks as one matrix [X | y | creative | fold], sorted."""
+    parts = [np.column_stack([b.X, b.y, b.creative, b.fold]) for b in manifest.load_blocks()]
+    a = np.concatenate(parts)
+    return a[np.lexsort(a.T[::-1])]
+
+
+def _assert_same(a, b):
+    (rep_a, enc_a, man_a), (rep_b, enc_b, man_b) = a, b
+    assert rep_a.to_dict() == rep_b.to_dict()
+    assert enc_a.feature_names == enc_b.feature_names
+    np.testing.assert_allclose(enc_a.center, enc_b.center, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(enc_a.scale, enc_b.scale, rtol=1e-13)
+    np.testing.assert_array_equal(man_a.counts, man_b.counts)       # the folds, user by user
+    np.testing.assert_array_equal(man_a.positives, man_b.positives)
+    ra, rb = _rows(man_a), _rows(man_b)
+    assert ra.shape == rb.shape
+    np.testing.assert_allclose(ra, rb, rtol=0, atol=1e-12)
+
+
+@pytest.fixture()
+def campaign_path(campaign, tmp_path):
+    return _write(pa.Table.from_pandas(campaign.exposures, preserve_index=False), tmp_path / "exp")
+
+
+def test_arrow_reader_matches_spark_reader(spark, campaign_path, validate_kwargs, tmp_path):
+    arrow, how_a = _scan(spark, campaign_path, validate_kwargs, "arrow", tmp_path)
+    plain, how_s = _scan(spark, campaign_path, validate_kwargs, "spark", tmp_path)
+    assert how_a["reader"] == "arrow" and how_s["reader"] == "spark"
+    _assert_same(arrow, plain)
+    assert arrow[2].n_folds == 3 and (arrow[2].counts > 0).all()
+
+
+def test_auto_takes_arrow_for_local_parquet(spark, campaign_path, validate_kwargs, tmp_path):
+    (_, _, man), how = _scan(spark, campaign_path, validate_kwargs, "auto", tmp_path)
+    assert how["reader"] == "arrow", how
+    assert man.n_rows == 2000
+
+
+def test_paths_with_spaces_and_accents(spark, campaign, validate_kwargs, tmp_path):
+    """Spark lists percent-encoded URIs (file:/x/my%20data%20%C3%A9/...): the tasks open them."""
+    path = _write(pa.Table.from_pandas(campaign.exposures, preserve_index=False),
+                  tmp_path / "my data é")
+    assert any("%20" in f for f in spark.read.parquet(path).inputFiles())
+    arrow, how = _scan(spark, path, validate_kwargs, "arrow", tmp_path)
+    plain, _ = _scan(spark, path, validate_kwargs, "spark", tmp_path)
+    _assert_same(arrow, plain)
+
+
+def test_integer_ids_boolean_response_and_nulls(spark, campaign, validate_kwargs, tmp_path):
+    """Integer user and creative ids, a boolean response: the same folds and counts."""
+    ex = campaign.exposures
+    creatives = sorted(ex.creative.unique())
+    code = {c: 100 + i for i, c in enumerate(creatives)}
+    t = pa.table({
+        "uid": pa.array([int(u.lstrip("u")) * 7919 - 10**6 for u in ex.user_id], pa.int64()),
+        "cr": pa.array([code[c] for c in ex.creative], pa.int32()),
+        "hit": pa.array(ex.response.astype(bool)),
+        "x1": pa.array(ex.x1), "x2": pa.array((ex.x2 * 100).round().astype("int64")),
+        "x3": pa.array(ex.x3.astype("float32")),
+    })
+    path = _write(t, tmp_path / "ints")
+    kw = dict(user_col="uid", creative_col="cr", response_col="hit", covariates=["x1", "x2", "x3"],
+              segments={s: [str(code[c]) for c in cs] for s, cs in campaign.segments.items()})
+    arrow, how = _scan(spark, path, kw, "arrow", tmp_path, n_folds=5)
+    plain, _ = _scan(spark, path, kw, "spark", tmp_path, n_folds=5)
+    assert how["reader"] == "arrow"
+    _assert_same(arrow, plain)
+
+
+def _messy(campaign):
+    ex = campaign.exposures.copy()
+    x1 = ex.x1.astype(object)
+    x1.iloc[[3, 50]] = None
+    ex["x1"] = pd.array(x1, dtype="Float64")
+    resp = ex.response.astype("Int64")
+    resp.iloc[[5]] = 2
+    resp.iloc[[6]] = pd.NA
+    ex["response"] = resp
+    cr = ex.creative.astype(object)
+    cr.iloc[[7]] = None
+    cr.iloc[[8, 9]] = "no-such-creative"
+    ex["creative"] = cr
+    uid = ex.user_id.astype(object)
+    uid.iloc[[10]] = None
+    ex["user_id"] = uid
+    return pa.Table.from_pandas(ex, preserve_index=False)
+
+
+def test_bad_rows_give_the_same_error_on_both_readers(spark, campaign, validate_kwargs, tmp_path):
+    path = _write(_messy(campaign), tmp_path / "messy")
+    errors = {}
+    for reader in ("arrow", "spark"):
+        with pytest.raises(DataValidationError) as e:
+            _scan(spark, path, validate_kwargs, reader, tmp_path)
+        errors[reader] = str(e.value)
+    assert errors["arrow"] == errors["spark"]
+    for needle in ("x1", "response", "no-such-creative", "user_id"):
+        assert needle in errors["arrow"], (needle, errors["arrow"])
+    assert not [d for d in os.listdir(tmp_path / "blocks-arrow") if not d.startswith(".owner")]
+
+
+@pytest.mark.parametrize("reader", ["auto", "arrow"])
+def test_unsupported_types_fall_back_or_refuse(spark, campaign, validate_kwargs, tmp_path, reader):
+    from decimal import Decimal
+
+    ex = campaign.exposures
+    t = pa.Table.from_pandas(ex, preserve_index=False)
+    dec = pa.array([Decimal(f"{v:.4f}") for v in ex.x5], pa.decimal128(12, 4))
+    t = t.set_column(t.schema.get_field_index("x5"), "x5", dec)
+    path = _write(t, tmp_path / "dec")
+    if reader == "arrow":
+        with pytest.raises(DataValidationError, match=r"data.reader.*'x5' \(decimal\(12,4\)\)"):
+            _scan(spark, path, validate_kwargs, reader, tmp_path)
+    else:
+        _, how = _scan(spark, path, validate_kwargs, reader, tmp_path)
+        assert how["reader"] == "spark" and "x5" in how["reader_reason"]
+
+
+def test_dataframe_handed_in_and_csv_go_through_spark(spark, campaign_path, validate_kwargs,
+                                                      tmp_path):
+    df = spark.read.parquet(campaign_path).where("x1 > -100")
+    choices: dict = {}
+    scan_and_validate(df, **validate_kwargs, creatives=_creatives(validate_kwargs), n_folds=1,
+                      sink=FileSink(spark, str(tmp_path / "b1")), reader="auto",
+                      source_format=None, choices=choices)
+    assert choices["reader"] == "spark" and "DataFrame" in choices["reader_reason"]
+    with pytest.raises(DataValidationError, match="not Parquet"):
+        scan_and_validate(df, **validate_kwargs, creatives=_creatives(validate_kwargs), n_folds=1,
+                          sink=FileSink(spark, str(tmp_path / "b2")), reader="arrow",
+                          source_format="csv")
+
+
+def test_partition_directory_column_goes_through_spark(spark, campaign, validate_kwargs, tmp_path):
+    ex = campaign.exposures
+    root = tmp_path / "parted"
+    for region, part in ex.groupby("region"):
+        _write(pa.Table.from_pandas(part.drop(columns=["region"]), preserve_index=False),
+               root / f"region={region}", n_files=1)
+    _, how = _scan(spark, str(root), validate_kwargs, "auto", tmp_path)
+    assert how["reader"] == "spark" and "partition directory" in how["reader_reason"]
+
+
+def test_units_are_contiguous_balanced_and_cover_every_row_group(spark, campaign, tmp_path):
+    t = pa.Table.from_pandas(campaign.exposures, preserve_index=False)
+    path = _write(t, tmp_path / "many", n_files=4, row_group_size=100)
+    files = sorted(spark.read.parquet(path).inputFiles())
+    units = plan_units(spark, files)
+    seen = [(f, g) for u in units for f, gs in u for g in gs]
+    expected = [(f, g) for f in files for g in range(pq.ParquetFile(f.split(":", 1)[1]).num_row_groups)]
+    assert seen == expected                               # each once, in file order
+    rows = [sum(100 for _, gs in u for _ in gs) for u in units]
+    assert len(units) >= 2 and max(rows) - min(rows) <= 200
+
+
+def test_unreadable_file_names_it(spark, campaign_path, validate_kwargs, tmp_path):
+    df = spark.read.parquet(campaign_path)
+    files = df.inputFiles()
+    victim = sorted(files)[1]
+    with open(victim.split(":", 1)[1].replace("///", "/"), "wb") as fh:
+        fh.write(b"not parquet at all")
+    with pytest.raises(DataValidationError, match=r"part-00001\.parquet"):
+        scan_and_validate(df, **validate_kwargs, creatives=_creatives(validate_kwargs), n_folds=1,
+                          sink=FileSink(spark, str(tmp_path / "b")), reader="arrow",
+                          source_format="parquet")
+
+
+def test_remote_uris_go_through_spark_under_auto(spark, campaign_path):
+    """auto reads only file: URIs with pyarrow (Hadoop's credentials are not pyarrow's)."""
+    from segmentation.data.parquet_tasks import plan_direct_read
+
+    class Listed:                      # a source Spark lists as s3a:// files
+        def inputFiles(self):          # noqa: N802
+            return ["s3a://bucket/campaign/part-00000.parquet"]
+
+    types = {f.name: f.dataType for f in spark.read.parquet(campaign_path).schema.fields}
+    cols = dict(user=["user_id"], creative=["creative"], response=["response"],
+                covariates=["x1"], categorical=["region"])
+    plan, why = plan_direct_read(spark, Listed(), fmt="parquet", reader="auto", own_read=True,
+                                 types=types, spec_columns=cols)
+    assert plan is None and "s3a: URIs" in why
