@@ -19,11 +19,13 @@ the same batches: ``y``, ``c``, ``f``, ``nu``, ``x0..`` as defined by ``scan_fra
 - ``x0..``: each numeric covariate as double (null stays null), then one 0.0/1.0 indicator
   per categorical level (a null level is 0.0).
 
-The jobs: one over the files that reads their footers (row groups, rows and the columns each
-file has), then the scan itself, one task per contiguous run of row groups balanced by rows
-(about as many tasks as Spark's own reader would make: one per ``maxPartitionBytes`` of file,
-at least the default parallelism). Both run over ``spark.range(n, numPartitions=n)``, task i
-taking its share from the closure, so they work on any cluster and over Spark Connect.
+The footers (row groups and their rows) are read by this process when it sees the files
+(``file:`` URIs; over Spark Connect the server listed them, so the client may not), else by one
+Spark job over the files. Then the scan runs one task per contiguous run of row groups,
+balanced by rows (about as many tasks as Spark's own reader would make: one per
+``maxPartitionBytes`` of file, at least the default parallelism). Jobs run over
+``spark.range(n, numPartitions=n)``, task i taking its share from the closure, so they work on
+any cluster and over Spark Connect.
 
 When it applies (:func:`plan_direct_read`): the input is a Parquet path that ``prepare()``
 reads itself (a DataFrame handed in may carry filters: it goes through Spark), every file Spark
@@ -230,31 +232,49 @@ def _total_bytes(files: list) -> int:
 FOOTER_SCHEMA = "path string, n_rows array<long>, file_bytes long, error string"
 
 
-def _footer_task(batches, *, chunks):
-    """mapInArrow body of the footer job: per file of this task's chunk, the rows of each row
-    group and the file's size; a file pyarrow cannot open gives its error."""
-    import pyarrow as pa
+def footer(path: str) -> dict:
+    """The rows of each row group and the size of one Parquet file; a file pyarrow cannot
+    open gives its error (``error``, with the exception's type name in ``kind``)."""
     import pyarrow.parquet as pq
+
+    try:
+        fs, p = _open_fs(path)
+        size = fs.get_file_info(p).size
+        with fs.open_input_file(p) as fh:
+            md = pq.ParquetFile(fh).metadata
+        return dict(path=path, n_rows=[md.row_group(g).num_rows for g in range(md.num_row_groups)],
+                    file_bytes=int(size or 0), error=None)
+    except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the file
+        return dict(path=path, n_rows=[], file_bytes=0, error=f"{type(exc).__name__}: {exc}",
+                    kind=type(exc).__name__)
+
+
+def _footer_task(batches, *, chunks):
+    """mapInArrow body of the footer job: :func:`footer` of each file of this task's chunk."""
+    import pyarrow as pa
 
     ids = []
     for b in batches:
         ids.extend(int(i) for i in b.column(0).to_pylist())
-    rows = []
-    for i in ids:
-        for path in chunks[i]:
-            try:
-                fs, p = _open_fs(path)
-                size = fs.get_file_info(p).size
-                with fs.open_input_file(p) as fh:
-                    md = pq.ParquetFile(fh).metadata
-                rows.append(dict(path=path, n_rows=[md.row_group(g).num_rows for g in range(md.num_row_groups)],
-                                 file_bytes=int(size or 0), error=None))
-            except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the file
-                rows.append(dict(path=path, n_rows=[], file_bytes=0,
-                                 error=f"{type(exc).__name__}: {exc}"))
+    rows = [{k: v for k, v in footer(path).items() if k != "kind"} for i in ids for path in chunks[i]]
     yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
         ("path", pa.string()), ("n_rows", pa.list_(pa.int64())), ("file_bytes", pa.int64()),
         ("error", pa.string())]))
+
+
+def _driver_footers(files: list) -> dict | None:
+    """:func:`footer` of every file, read here (threads) when every file is a ``file:`` URI this
+    process sees (Spark listed them here, so on a shared mount it does); None otherwise, and the
+    executors read them (:func:`plan_units`'s footer job)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if any(_scheme(f) != "file" for f in files):
+        return None
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        rows = list(pool.map(footer, files))
+    if any(r.get("kind") in ("FileNotFoundError", "PermissionError") for r in rows):
+        return None
+    return {r["path"]: r for r in rows}
 
 
 def _local_path(uri: str) -> str:
@@ -297,25 +317,30 @@ def _max_partition_bytes(spark) -> int:
         return 128 << 20
 
 
-def plan_units(spark, files: list, total_bytes: int = 0) -> list:
-    """Read the footers (one Spark job) and cut the row groups into tasks: contiguous runs in
-    file order, balanced by rows, as many as ``max(default parallelism, total file bytes /
+def plan_units(spark, files: list, total_bytes: int = 0, *, on_driver: bool = True) -> list:
+    """Read the footers and cut the row groups into tasks: contiguous runs in file order,
+    balanced by rows, as many as ``max(default parallelism, total file bytes /
     spark.sql.files.maxPartitionBytes)`` (Spark's own reader splits about so), at most one per
-    row group. A file pyarrow cannot open raises ``DataValidationError`` naming it."""
+    row group. The footers are read here when the files are local to this process too
+    (:func:`_driver_footers`: no Spark job), else by one Spark job on the executors. A file
+    pyarrow cannot open raises ``DataValidationError`` naming it. ``on_driver=False`` always
+    takes the Spark job."""
     par = default_parallelism(spark)
-    n_chunks = max(1, min(len(files), par))
-    chunks = [files[i::n_chunks] for i in range(n_chunks)]
-    rows = spark.range(0, n_chunks, 1, numPartitions=n_chunks).mapInArrow(
-        partial(_footer_task, chunks=chunks), FOOTER_SCHEMA).collect()
-    info = {r["path"]: r for r in rows}
+    info = _driver_footers(files) if on_driver else None
+    if info is None:
+        n_chunks = max(1, min(len(files), par))
+        chunks = [files[i::n_chunks] for i in range(n_chunks)]
+        rows = spark.range(0, n_chunks, 1, numPartitions=n_chunks).mapInArrow(
+            partial(_footer_task, chunks=chunks), FOOTER_SCHEMA).collect()
+        info = {r["path"]: r for r in rows}
     missing = [f for f in files if f not in info]
     if missing:
         raise RuntimeError(f"the footer job returned {len(info)} of {len(files)} files (e.g. {missing[0]})")
     for f in files:
         if info[f]["error"]:
-            raise DataValidationError(f"cannot read the Parquet file '{f}' with pyarrow on an "
-                                      f"executor: {info[f]['error']} (data.reader: spark reads "
-                                      "through Spark instead)")
+            raise DataValidationError(f"cannot read the Parquet file '{f}' with pyarrow: "
+                                      f"{info[f]['error']} (data.reader: spark reads through "
+                                      "Spark instead)")
     groups = [(f, g, int(n)) for f in files for g, n in enumerate(info[f]["n_rows"]) if n > 0]
     if not groups:
         return [[]]

@@ -189,11 +189,20 @@ def test_units_are_contiguous_balanced_and_cover_every_row_group(spark, campaign
     path = _write(t, tmp_path / "many", n_files=4, row_group_size=100)
     files = sorted(spark.read.parquet(path).inputFiles())
     units = plan_units(spark, files)
+    assert plan_units(spark, files, on_driver=False) == units     # footers read by the executors
     seen = [(f, g) for u in units for f, gs in u for g in gs]
     expected = [(f, g) for f in files for g in range(pq.ParquetFile(f.split(":", 1)[1]).num_row_groups)]
     assert seen == expected                               # each once, in file order
     rows = [sum(100 for _, gs in u for _ in gs) for u in units]
     assert len(units) >= 2 and max(rows) - min(rows) <= 200
+
+
+def test_unreadable_file_names_it_from_the_executors_too(spark, campaign_path):
+    files = sorted(spark.read.parquet(campaign_path).inputFiles())
+    with open(files[2].split(":", 1)[1].replace("///", "/"), "wb") as fh:
+        fh.write(b"PAR1 truncated")
+    with pytest.raises(DataValidationError, match=r"part-00002\.parquet"):
+        plan_units(spark, files, on_driver=False)
 
 
 def test_unreadable_file_names_it(spark, campaign_path, validate_kwargs, tmp_path):
