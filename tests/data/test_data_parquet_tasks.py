@@ -231,3 +231,11 @@ def test_remote_uris_go_through_spark_under_auto(spark, campaign_path):
     plan, why = plan_direct_read(spark, Listed(), fmt="parquet", reader="auto", own_read=True,
                                  types=types, spec_columns=cols)
     assert plan is None and "s3a: URIs" in why
+
+
+def test_empty_files_say_empty_on_both_readers(spark, campaign, validate_kwargs, tmp_path):
+    t = pa.Table.from_pandas(campaign.exposures, preserve_index=False).slice(0, 0)
+    path = _write(t, tmp_path / "empty", n_files=2)
+    for reader in ("arrow", "spark"):
+        with pytest.raises(DataValidationError, match=r"empty \(0 rows\)"):
+            _scan(spark, path, validate_kwargs, reader, tmp_path)
