@@ -6,11 +6,15 @@ In ONE Spark session, side by side, each repeat on a fresh DataFrame read of the
 - ``scan``: ``df.agg(sum(c) for every numeric column prepare() uses (response, covariates),
   count(c) for the others (user id, creative, categoricals))``: one aggregate scan of the
   columns ``prepare()`` reads, the baseline;
-- ``prepare()`` with ``data.store: files`` and ``data.store: spark``, each step timed
-  (``prepare(..., timings=...)``): ``setup`` (store choice, package shipping, read),
-  ``levels`` (categorical levels, when any), ``users`` (exact distinct user count), ``scan``
-  (the fused mapInArrow: checks, moments and raw blocks), ``checks`` (driver), ``finish``
+- ``prepare()`` with ``data.store: files`` and ``data.store: spark`` (``data.reader: auto``:
+  pyarrow reads the Parquet files in the tasks), each step timed (``prepare(...,
+  timings=...)``): ``setup`` (store choice, package shipping, read), ``levels`` (categorical
+  levels, when any), ``users`` (exact distinct user count), ``plan`` (the Parquet footers),
+  ``scan`` (the fused scan: checks, moments and raw blocks), ``checks`` (driver), ``finish``
   (files: standardise the blocks in place, publish; spark: nothing), ``oracle``;
+- ``spark-read files``: ``prepare()`` (files) with ``data.reader: spark``, the rows handed over
+  by Spark's ``mapInArrow``; the check ``readers_*`` compares its report, counts, moments and
+  pooled design rows with ``prepare files``;
 - ``count scan``: a ``mapInArrow`` over a ``select`` of the same columns that only counts
   its rows: the cost of handing every used value to Python once, the floor of any
   ``mapInArrow`` conversion. A second, clearly labelled baseline: at thousands of covariates
