@@ -718,7 +718,7 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     ("arrow" or "spark") and ``reader_reason``.
 
     ``timings``, when given, receives the seconds of each step (``levels``, ``users``,
-    ``plan`` (the direct reader's footer job), ``scan``, ``checks``, ``finish``).
+    ``plan`` (the direct reader's Parquet footers), ``scan``, ``checks``, ``finish``).
     """
     import time
 
