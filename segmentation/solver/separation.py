@@ -56,7 +56,8 @@ def _advice(penalty: FusedGroupPenalty, free: bool) -> str:
         tips.append("use alpha < 1 (alpha = 1 leaves each creative's deviation delta unpenalised)")
     if free:
         tips.append("note the control arm is a free, unpenalised segment")
-    tips.append("or drop the covariate that predicts the response perfectly (with rare responses "
+    tips.append(("or " if tips else "")
+                + "drop the covariate that predicts the response perfectly (with rare responses "
                 "this is often a categorical level or a covariate range in which these creatives "
                 "have no positive response at all)")
     return "; ".join(tips)

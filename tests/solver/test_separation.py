@@ -140,3 +140,13 @@ def test_outlying_covariate_with_a_finite_fit_does_not_raise():
         res = fit(oracle, ST, 0.0, 0.5)
     assert res.converged
     assert np.max(oracle.evaluate(res.beta).max_abs_eta) > 50
+
+
+def test_advice_reads_as_a_sentence_with_one_tip_or_several():
+    from segmentation.solver.penalty import FusedGroupPenalty
+    from segmentation.solver.separation import _advice
+
+    only = _advice(FusedGroupPenalty(ST, 0.1, 0.5), free=False)
+    assert only.startswith("drop the covariate that predicts the response perfectly"), only
+    several = _advice(FusedGroupPenalty(ST, 0.0, 0.5), free=False)
+    assert several.startswith("raise lambda above 0") and "; or drop the covariate" in several
