@@ -85,7 +85,7 @@ class DirectRead:
     files: list
     total_bytes: int
     why: str
-    units: list | None = None          # per task: [(path, [row group, ...]), ...]
+    units: list | None = None          # per task: [(path, [row group, ...], rows), ...]
 
     def plan(self) -> list:
         """The tasks' row groups (the footer job, once)."""
@@ -325,8 +325,12 @@ def plan_units(spark, files: list, total_bytes: int = 0, *, on_driver: bool = Tr
     (:func:`_driver_footers`: no Spark job), else by one Spark job on the executors. A file
     pyarrow cannot open raises ``DataValidationError`` naming it. ``on_driver=False`` always
     takes the Spark job."""
+    from segmentation.spark_session import is_connect
+
     par = default_parallelism(spark)
-    info = _driver_footers(files) if on_driver else None
+    # over Spark Connect the server listed the files: a same-named file the client sees could
+    # be another one, so the executors read the footers there
+    info = _driver_footers(files) if on_driver and not is_connect(spark) else None
     if info is None:
         n_chunks = max(1, min(len(files), par))
         chunks = [files[i::n_chunks] for i in range(n_chunks)]
@@ -355,20 +359,31 @@ def plan_units(spark, files: list, total_bytes: int = 0, *, on_driver: bool = Tr
         before += n
         if units[t] and units[t][-1][0] == f:
             units[t][-1][1].append(g)
+            units[t][-1][2] += n
         else:
-            units[t].append((f, [g]))
-    return [u for u in units if u] or [[]]
+            units[t].append([f, [g], n])
+    return [[tuple(x) for x in u] for u in units if u] or [[]]
 
 
 # ----------------------------------------------------------------------------- the task
 def scan_batches_of(units: list, spec: ScanSpec):
-    """Yield ``scan_frame``'s batches for the row groups ``units`` ([(path, [group, ...])])."""
+    """Yield ``scan_frame``'s batches for the row groups ``units`` ([(path, [group, ...],
+    rows)]). A file whose row groups no longer hold the rows its footer said when the tasks
+    were planned (rewritten in between) raises ``DataValidationError`` naming it: a changed
+    input must not be read as a partial one."""
     import pyarrow.parquet as pq
 
-    for path, groups in units:
+    for path, groups, rows in units:
         fs, p = _open_fs(path)
         with fs.open_input_file(p) as fh:
             pf = pq.ParquetFile(fh)
+            found = pf.metadata.num_row_groups
+            now = sum(pf.metadata.row_group(g).num_rows for g in groups if g < found)
+            if max(groups) >= found or now != rows:
+                raise DataValidationError(
+                    f"Parquet file '{path}' changed while prepare() read it: row groups {groups} "
+                    f"held {rows} rows when the tasks were planned, now {now} (of "
+                    f"{found} row groups); rerun once the input is complete")
             names = {n.lower(): n for n in pf.schema_arrow.names}
             present = [names[c.lower()] for c in spec.columns if c.lower() in names]
             for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups,

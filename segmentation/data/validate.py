@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -577,6 +578,13 @@ def scan_frame(df, *, user_col: str, creative_col: str, response_col: str, covar
                      *[e.alias(f"x{j}") for j, e in enumerate(xs)])
 
 
+def task_validation_error(exc: BaseException) -> str | None:
+    """The message of a ``DataValidationError`` raised inside a Spark task (Spark hands it to the
+    driver as a ``PythonException`` whose text ends with the worker's traceback), or None."""
+    found = re.findall(r"DataValidationError: ([^\n]+)", str(exc))
+    return found[-1].strip() if found else None
+
+
 def count_users(df, user_col: str) -> int:
     """Exact number of distinct non-null users (``distinct`` then ``count``), with the shuffle
     cut to a few partitions per core (Spark's default 200 costs more than the count itself on
@@ -786,7 +794,13 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     K = len(creatives)
     try:
         with _arrow_batch_rows(df.sparkSession, width):
-            summaries = sink.run(frame, n_stats=len(covariates), n_creatives=K, n_folds=n_folds)
+            try:
+                summaries = sink.run(frame, n_stats=len(covariates), n_creatives=K, n_folds=n_folds)
+            except Exception as exc:  # a task's DataValidationError arrives wrapped by Spark
+                said = task_validation_error(exc)
+                if said is None:
+                    raise
+                raise DataValidationError(said) from None
         tm["scan"] = clock() - t
         t = clock()
         st = combine_scan_stats(summaries, len(covariates))

@@ -190,11 +190,11 @@ def test_units_are_contiguous_balanced_and_cover_every_row_group(spark, campaign
     files = sorted(spark.read.parquet(path).inputFiles())
     units = plan_units(spark, files)
     assert plan_units(spark, files, on_driver=False) == units     # footers read by the executors
-    seen = [(f, g) for u in units for f, gs in u for g in gs]
+    seen = [(f, g) for u in units for f, gs, _ in u for g in gs]
     expected = [(f, g) for f in files for g in range(pq.ParquetFile(f.split(":", 1)[1]).num_row_groups)]
     assert seen == expected                               # each once, in file order
-    rows = [sum(100 for _, gs in u for _ in gs) for u in units]
-    assert len(units) >= 2 and max(rows) - min(rows) <= 200
+    rows = [sum(n for _, _, n in u) for u in units]
+    assert sum(rows) == 2000 and len(units) >= 2 and max(rows) - min(rows) <= 200
 
 
 def test_unreadable_file_names_it_from_the_executors_too(spark, campaign_path):
@@ -239,3 +239,37 @@ def test_empty_files_say_empty_on_both_readers(spark, campaign, validate_kwargs,
     for reader in ("arrow", "spark"):
         with pytest.raises(DataValidationError, match=r"empty \(0 rows\)"):
             _scan(spark, path, validate_kwargs, reader, tmp_path)
+
+
+def test_a_file_rewritten_after_planning_is_named_not_read_partially(spark, campaign, campaign_path,
+                                                                    validate_kwargs, tmp_path):
+    from segmentation.data.parquet_tasks import DirectRead, ScanSpec
+
+    files = sorted(spark.read.parquet(campaign_path).inputFiles())
+    plan = DirectRead(spark, files, 0, "test")
+    plan.plan()
+    victim = files[0].split(":", 1)[1].replace("///", "/")
+    pq.write_table(pq.read_table(victim).slice(0, 250), victim, row_group_size=300)   # fewer rows
+    spec = ScanSpec(user_col="user_id", creative_col="creative", response_col="response",
+                    response_kind="number", covariates=("x1",), categorical=(),
+                    creatives=tuple(_creatives(validate_kwargs)), n_folds=1, seed=0, batch_rows=1000)
+    sink = FileSink(spark, str(tmp_path / "b"))
+    with pytest.raises(Exception, match=r"part-00000\.parquet' changed while prepare\(\) read it"):
+        sink.run(plan.frame(spec), n_stats=1, n_creatives=len(spec.creatives), n_folds=1)
+    sink.abort()
+
+
+def test_a_task_error_reaches_the_caller_as_data_validation_error(spark, campaign, validate_kwargs,
+                                                                  tmp_path):
+    """A covariate stored as text in one file (the others numeric) fails in the task that reads
+    it; prepare() raises DataValidationError naming the column and the file, blocks removed."""
+    t = pa.Table.from_pandas(campaign.exposures, preserve_index=False)
+    path = _write(t, tmp_path / "mixed")
+    odd = os.path.join(path, "part-00001.parquet")
+    bad = pq.read_table(odd)
+    bad = bad.set_column(bad.schema.get_field_index("x2"), "x2",
+                         pa.array(["n/a"] * bad.num_rows, pa.string()))
+    pq.write_table(bad, odd)
+    with pytest.raises(DataValidationError, match=r"column 'x2' in Parquet file '.*part-00001"):
+        _scan(spark, path, validate_kwargs, "arrow", tmp_path)
+    assert not [d for d in os.listdir(tmp_path / "blocks-arrow") if not d.startswith(".owner")]
