@@ -194,3 +194,20 @@ def job_description(spark, text: str):
         yield
     finally:
         sc.setJobDescription(None)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+
+
+def conf_bytes(text) -> int | None:
+    """A Spark size setting ("1g", "512m", "128MB", "4096") in bytes; None when it does not
+    parse (or is None)."""
+    if text is None:
+        return None
+    raw = str(text).strip().lower()
+    num = raw.rstrip("bkmgt")
+    try:
+        return int(float(num) * _SIZE_UNITS[raw[len(num):]])
+    except (KeyError, ValueError):
+        return None

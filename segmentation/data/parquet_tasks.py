@@ -39,7 +39,6 @@ with the reason logged.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import partial
 from urllib.parse import quote, unquote
@@ -83,14 +82,13 @@ class DirectRead:
 
     spark: object
     files: list
-    total_bytes: int
     why: str
     units: list | None = None          # per task: [(path, [row group, ...], rows), ...]
 
     def plan(self) -> list:
         """The tasks' row groups (the footer job, once)."""
         if self.units is None:
-            self.units = plan_units(self.spark, self.files, self.total_bytes)
+            self.units = plan_units(self.spark, self.files)
         return self.units
 
     def frame(self, spec: ScanSpec) -> "DirectScanFrame":
@@ -170,8 +168,7 @@ def plan_direct_read(spark, df, *, fmt: str | None, reader: str, own_read: bool,
                 _open_fs(next(f for f in files if _scheme(f) == s))
     except Exception as exc:  # noqa: BLE001
         return refuse(f"pyarrow cannot open {schemes} URIs here: {exc}")
-    total = _total_bytes(files)
-    return DirectRead(spark, files, total, f"{len(files)} Parquet file(s) read by pyarrow in the tasks"), ""
+    return DirectRead(spark, files, f"{len(files)} Parquet file(s) read by pyarrow in the tasks"), ""
 
 
 def _unsupported_types(types: dict, spec_columns: dict) -> list[str]:
@@ -212,20 +209,6 @@ def _arrow_uri(uri: str) -> str:
     if s in _SCHEMES:
         return _SCHEMES[s] + uri[len(s):]
     return uri
-
-
-def _total_bytes(files: list) -> int:
-    """Summed sizes of local files (0 when they cannot be seen from here: the footer job has
-    the sizes anyway)."""
-    total = 0
-    for f in files:
-        if _scheme(f) != "file":
-            return 0
-        try:
-            total += os.path.getsize(_local_path(f))
-        except OSError:
-            return 0
-    return total
 
 
 # ----------------------------------------------------------------------------- planning
@@ -307,17 +290,17 @@ def default_parallelism(spark) -> int:
 
 
 def _max_partition_bytes(spark) -> int:
-    from segmentation.oracle.base import _SIZE_UNITS
+    """``spark.sql.files.maxPartitionBytes`` (128 MB when unset or unreadable), at least 1 MB."""
+    from segmentation.spark_session import conf_bytes
 
     try:
-        raw = str(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")).strip().lower()
-        num = raw.rstrip("bkmgt")
-        return max(1 << 20, int(float(num) * _SIZE_UNITS[raw[len(num):]]))
-    except Exception:  # noqa: BLE001
-        return 128 << 20
+        size = conf_bytes(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m"))
+    except Exception:  # noqa: BLE001 - a session refusing the read
+        size = None
+    return max(1 << 20, size) if size else 128 << 20
 
 
-def plan_units(spark, files: list, total_bytes: int = 0, *, on_driver: bool = True) -> list:
+def plan_units(spark, files: list, *, on_driver: bool = True) -> list:
     """Read the footers and cut the row groups into tasks: contiguous runs in file order,
     balanced by rows, as many as ``max(default parallelism, total file bytes /
     spark.sql.files.maxPartitionBytes)`` (Spark's own reader splits about so), at most one per
@@ -348,7 +331,7 @@ def plan_units(spark, files: list, total_bytes: int = 0, *, on_driver: bool = Tr
     groups = [(f, g, int(n)) for f in files for g, n in enumerate(info[f]["n_rows"]) if n > 0]
     if not groups:
         return [[]]
-    total_bytes = sum(int(info[f]["file_bytes"]) for f in files) or total_bytes
+    total_bytes = sum(int(info[f]["file_bytes"]) for f in files)
     n_tasks = max(par, math.ceil(total_bytes / _max_partition_bytes(spark)))
     n_tasks = max(1, min(n_tasks, len(groups)))
     total = sum(n for _, _, n in groups)

@@ -31,9 +31,6 @@ lower it to a quarter of the session's ``spark.driver.maxResultSize`` when that 
 (``result_budget_for``)."""
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
-
 
 def result_budget_for(spark, default: int = RESULT_BYTES_PER_JOB) -> int:
     """The per-job result budget for a session: ``default``, or a quarter of
@@ -49,16 +46,10 @@ def result_budget_for(spark, default: int = RESULT_BYTES_PER_JOB) -> int:
 
 def budget_from_max_result_size(raw, default: int = RESULT_BYTES_PER_JOB) -> int:
     """``result_budget_for`` given the setting's text ("1g", "512m", "0"; None: not set)."""
-    if raw is None:
-        return int(default)
-    text = str(raw).strip().lower()
-    num = text.rstrip("bkmgt")
-    unit = text[len(num):]
-    try:
-        size = int(float(num) * _SIZE_UNITS[unit])
-    except (KeyError, ValueError):
-        return int(default)
-    if size <= 0:
+    from segmentation.spark_session import conf_bytes
+
+    size = conf_bytes(raw)
+    if size is None or size <= 0:
         return int(default)
     return int(min(default, max(size // 4, 1 << 20)))
 

@@ -246,7 +246,7 @@ def test_a_file_rewritten_after_planning_is_named_not_read_partially(spark, camp
     from segmentation.data.parquet_tasks import DirectRead, ScanSpec
 
     files = sorted(spark.read.parquet(campaign_path).inputFiles())
-    plan = DirectRead(spark, files, 0, "test")
+    plan = DirectRead(spark, files, "test")
     plan.plan()
     victim = files[0].split(":", 1)[1].replace("///", "/")
     pq.write_table(pq.read_table(victim).slice(0, 250), victim, row_group_size=300)   # fewer rows
