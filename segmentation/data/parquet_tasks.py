@@ -212,7 +212,12 @@ def _arrow_uri(uri: str) -> str:
 
 
 # ----------------------------------------------------------------------------- planning
-FOOTER_SCHEMA = "path string, n_rows array<long>, file_bytes long, error string"
+def _footer_schema():
+    """The footer job's output, as Arrow (the tasks) and as Spark (``mapInArrow``) take it."""
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("n_rows", pa.list_(pa.int64())),
+                      ("file_bytes", pa.int64()), ("error", pa.string())])
 
 
 def footer(path: str) -> dict:
@@ -240,9 +245,7 @@ def _footer_task(batches, *, chunks):
     for b in batches:
         ids.extend(int(i) for i in b.column(0).to_pylist())
     rows = [{k: v for k, v in footer(path).items() if k != "kind"} for i in ids for path in chunks[i]]
-    yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
-        ("path", pa.string()), ("n_rows", pa.list_(pa.int64())), ("file_bytes", pa.int64()),
-        ("error", pa.string())]))
+    yield pa.RecordBatch.from_pylist(rows, schema=_footer_schema())
 
 
 def _driver_footers(files: list) -> dict | None:
@@ -317,8 +320,10 @@ def plan_units(spark, files: list, *, on_driver: bool = True) -> list:
     if info is None:
         n_chunks = max(1, min(len(files), par))
         chunks = [files[i::n_chunks] for i in range(n_chunks)]
+        from pyspark.sql.pandas.types import from_arrow_schema
+
         rows = spark.range(0, n_chunks, 1, numPartitions=n_chunks).mapInArrow(
-            partial(_footer_task, chunks=chunks), FOOTER_SCHEMA).collect()
+            partial(_footer_task, chunks=chunks), from_arrow_schema(_footer_schema())).collect()
         info = {r["path"]: r for r in rows}
     missing = [f for f in files if f not in info]
     if missing:
