@@ -706,7 +706,8 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     update, instead of Spark's ``avg``/``stddev_pop``), and the same blocks as
     ``write_blocks``/``cache_blocks`` of ``Encoding.feature_columns`` given that encoding.
 
-    Spark jobs: the distinct user count (a shuffle of the user ids only), one ``mapInArrow``
+    Spark jobs: the distinct user count (a shuffle of the user ids only; with the direct
+    reader, ``parquet_tasks.count_users``: ids read by pyarrow, shuffled as blobs), one ``mapInArrow``
     over ``scan_frame`` (plain columns; the task assembles each Arrow batch into a row-major
     numpy matrix, a null read as NaN) in which each task measures its rows (counts per creative and fold,
     positives, bad responses, null/unknown creatives, null users, per covariate null and
@@ -773,7 +774,11 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     # (run beside the scan in a thread, the count waited for task slots and slowed the scan:
     # 1M rows x 50, local[2], 14.5-20 s against 13-15 s in sequence)
     t = clock()
-    n_users = count_users(df, user_col)
+    if direct is not None:
+        n_users = direct.count_users(
+            user_col, "string" if types[user_col].typeName() == "string" else "integer")
+    else:
+        n_users = count_users(df, user_col)
     tm["users"] = clock() - t
     t = clock()
     width = len(covariates) + sum(len(v) for v in levels.values())

@@ -273,3 +273,33 @@ def test_a_task_error_reaches_the_caller_as_data_validation_error(spark, campaig
     with pytest.raises(DataValidationError, match=r"column 'x2' in Parquet file '.*part-00001"):
         _scan(spark, path, validate_kwargs, "arrow", tmp_path)
     assert not [d for d in os.listdir(tmp_path / "blocks-arrow") if not d.startswith(".owner")]
+
+
+@pytest.mark.parametrize("kind", ["string", "integer"])
+def test_distinct_users_match_spark_with_repeats_nulls_and_many_buckets(spark, tmp_path, kind,
+                                                                         monkeypatch):
+    """The direct count (pyarrow in the tasks, ids shuffled as blobs by bucket) equals Spark's
+    ``distinct().count()``: users repeated within and across files and tasks, nulls, a file
+    without the user column, ids that differ only in case or trailing space, and more buckets
+    than reducing tasks see at once."""
+    from segmentation.data import parquet_tasks
+    from segmentation.data.parquet_tasks import DirectRead
+    from segmentation.data.validate import count_users
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 700, size=3000)
+    if kind == "string":
+        ids = [None if v % 97 == 0 else (f"U{v}" if v % 5 else f"u{v} ") for v in raw]
+        col = pa.array(ids, pa.string())
+    else:
+        col = pa.array([None if v % 97 == 0 else int(v) * 10**12 - 7 for v in raw], pa.int64())
+    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / kind,
+                  n_files=4, row_group_size=200)
+    pq.write_table(pa.table({"x": pa.array([1.0, 2.0])}), os.path.join(path, "part-99999.parquet"))
+    df = spark.read.parquet(path)
+    expected = count_users(df, "user")
+    monkeypatch.setattr(parquet_tasks, "USERS_PER_BUCKET", 100)   # 30 buckets
+    direct = DirectRead(spark, list(df.inputFiles()), "test")
+    assert len(direct.plan()) >= 2
+    assert direct.count_users("user", kind) == expected
+    assert expected == len({v for v in col.to_pylist() if v is not None})
