@@ -186,6 +186,7 @@ def fit_child(spec: dict) -> dict:
     wrap(pipeline, "fit_cv", "solve")
     import segmentation.policy.assign as assign
     wrap(assign, "segment_shares", "shares")
+    wrap(assign, "design_segment_shares", "shares")
     sampler = Sampler(spec["block_dir"])
     sampler.start()
     t0 = time.perf_counter()

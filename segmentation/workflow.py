@@ -63,7 +63,7 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
     """
     from segmentation.atomic import publish_dir, staging_dir
     from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_single, prepare
-    from segmentation.policy.assign import segment_shares
+    from segmentation.policy.assign import design_segment_shares, segment_shares
 
     out_dir = cfg.output.model_dir
     if os.path.exists(out_dir) and not cfg.output.overwrite:
@@ -107,8 +107,10 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
                     model.selection["mlflow_run_id"] = tracker.run_id
                     model.selection["mlflow_tracking_uri"] = tracker.uri
             rep = prepared.report
-            model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col,
-                                                  rows_are_users=rep.n_users == rep.n_rows)
+            if rep.n_users == rep.n_rows:      # one row per user: counted in the cached design
+                model.segment_shares = design_segment_shares(prepared.oracle, model)
+            else:
+                model.segment_shares = segment_shares(prepared.df, model, cfg.data.user_col)
             stage = staging_dir(out_dir)
             model.save(stage)
             if cv is not None:

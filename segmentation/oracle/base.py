@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from segmentation.oracle.kernel import (AUC_BINS, BlockSums, auc_from_histogram, curvature_mode,
-                                       hessian_models)
+from segmentation.oracle.kernel import (AUC_BINS, BlockSums, auc_from_histogram, block_statistics,
+                                       curvature_mode, hessian_models)
 
 RESULT_BYTES_PER_JOB = 256 << 20
 """What one Spark job of a pass may send to the driver, summed over its blocks. Every block
@@ -109,9 +110,27 @@ class Oracle(abc.ABC):
         return 1
 
     @abc.abstractmethod
+    def _reduce(self, stat, zero, label: str):
+        """``zero`` plus ``stat(block)`` of every block of the data, added (``+=``) in block
+        order, so the answer does not depend on scheduling (one Spark job on the Spark oracles).
+        ``stat``: a picklable function of a ``DesignBlock`` returning what ``zero`` adds
+        (``kernel.BlockSums``, or a numpy array of ``zero``'s shape)."""
+
     def _sums(self, betas: np.ndarray, include: np.ndarray, curvature,
               heldout: bool, label: str) -> BlockSums:
         """Sum ``kernel.block_statistics`` over every block of the data (one pass)."""
+        M, K, p = betas.shape
+        stat = partial(block_statistics, betas=betas, include=include, curvature=curvature,
+                       heldout=heldout)
+        return self._reduce(stat, BlockSums.zeros(M, K, p, curvature),
+                            label or "segmentation: likelihood pass")
+
+    def block_sum(self, stat, zero, label: str = "") -> np.ndarray:
+        """One pass over the design adding ``stat(block)`` of every block to a copy of the
+        numpy array ``zero``, in block order: statistics of the cached design other than the
+        likelihood's (``policy.assign.design_segment_shares``). Not counted in ``passes``."""
+        return self._reduce(stat, np.array(zero, copy=True),
+                            label or "segmentation: statistics of the design")
 
     def evaluate(self, betas, include=None, *, curvature: bool | str = True, heldout: bool = False,
                  label: str = "") -> OracleResult:

@@ -6,7 +6,6 @@ import numpy as np
 
 from segmentation.data.blocks import DesignBlock, make_block
 from segmentation.oracle.base import Oracle
-from segmentation.oracle.kernel import BlockSums, block_statistics
 
 
 class LocalOracle(Oracle):
@@ -43,9 +42,8 @@ class LocalOracle(Oracle):
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def _sums(self, betas, include, curvature, heldout, label) -> BlockSums:
-        M, K, p = betas.shape
-        total = BlockSums.zeros(M, K, p, curvature)
+    def _reduce(self, stat, zero, label):
+        total = zero
         for b in self.blocks:
-            total += block_statistics(b, betas, include, curvature, heldout)
+            total += stat(b)
         return total

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from segmentation.oracle.base import Oracle, result_budget_for
-from segmentation.oracle.kernel import BlockSums
 from segmentation.spark_session import job_description
 
 
@@ -49,21 +48,20 @@ class SparkOracle(Oracle):
                    n_features=manifest.n_features, n_creatives=manifest.n_creatives,
                    n_folds=manifest.n_folds)
 
-    def _sums(self, betas, include, curvature, heldout, label) -> BlockSums:
+    def _reduce(self, stat, zero, label):
         sc = self.spark.sparkContext
         paths = self.block_paths
         P = len(paths)
 
         def run(indices):
-            from segmentation.oracle.spark_worker import partition_sums
+            from segmentation.oracle.spark_worker import cached_block
 
-            return [(i, partition_sums(paths[i], betas, include, curvature, heldout)) for i in indices]
+            return [(i, stat(cached_block(paths[i]))) for i in indices]
 
-        with job_description(self.spark, label or "segmentation: likelihood pass"):
+        with job_description(self.spark, label):
             parts = sc.parallelize(range(P), P).mapPartitions(run).collect()
         self.jobs += 1
-        M, K, p = betas.shape
-        total = BlockSums.zeros(M, K, p, curvature)
+        total = zero
         for _, s in sorted(parts, key=lambda t: t[0]):
             total += s
         return total

@@ -23,7 +23,6 @@ from functools import partial
 import numpy as np
 
 from segmentation.oracle.base import Oracle, result_budget_for
-from segmentation.oracle.kernel import BlockSums
 from segmentation.spark_session import job_description
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class SparkCacheOracle(Oracle):
         (whose own lost partitions Spark recomputes from lineage) and runs the pass again."""
         return self.cache.df.select("part", "seq").localCheckpoint(eager=True)
 
-    def _sums(self, betas, include, curvature, heldout, label) -> BlockSums:
+    def _reduce(self, stat, zero, label):
         from pyspark.sql import functions as F
 
         from segmentation.oracle.spark_worker import RESULT_SCHEMA, cached_pass, payload_pass
@@ -82,8 +81,8 @@ class SparkCacheOracle(Oracle):
         c = self.cache
         if c.released:
             raise RuntimeError("the block cache was released")
-        common = dict(betas=betas, include=include, curvature=curvature, heldout=heldout)
-        desc = label or "segmentation: likelihood pass"
+        common = dict(stat=stat, zero=zero)
+        desc = label
         task = partial(cached_pass, version=c.version, **common)
         try:
             with job_description(self.spark, desc):
@@ -112,10 +111,9 @@ class SparkCacheOracle(Oracle):
                 sums[int(r["part"])] = r["sums"]
         lost = [p for p in c.parts if p not in sums]
         if lost:
-            raise RuntimeError(f"likelihood pass returned no sums for partitions {lost} of "
+            raise RuntimeError(f"pass {desc!r} returned no sums for partitions {lost} of "
                                f"{len(c.parts)}")
-        M, K, p = betas.shape
-        total = BlockSums.zeros(M, K, p, curvature)
+        total = zero
         for part in c.parts:
             total += pickle.loads(sums[part])
         return total

@@ -98,17 +98,21 @@ def _result(part: int, missing, sums):
     })
 
 
-def _partition_sums(blocks, betas, include, curvature, heldout) -> BlockSums:
-    M, K, p = betas.shape
-    total = BlockSums.zeros(M, K, p, curvature)
-    for block in blocks:                       # in seq order: a fixed summation order
-        total += block_statistics(block, betas, include, curvature, heldout)
+def _partition_sums(blocks, stat, zero):
+    """A copy of ``zero`` plus ``stat(block)`` of ``blocks``, in seq order (a fixed summation
+    order)."""
+    import copy
+
+    total = copy.deepcopy(zero)
+    for block in blocks:
+        total += stat(block)
     return total
 
 
-def cached_pass(batches, *, version: str, betas, include, curvature, heldout):
+def cached_pass(batches, *, version: str, stat, zero):
     """mapInArrow over the cache's key columns (part, seq): one result row per partition, with
-    its sums when this worker holds every block of it, else the list of seqs it misses."""
+    ``zero`` plus ``stat(block)`` of its blocks when this worker holds every block of it, else
+    the list of seqs it misses."""
     seqs: dict[int, list[int]] = {}
     for batch in batches:
         parts = batch.column("part").to_pylist()
@@ -124,11 +128,11 @@ def cached_pass(batches, *, version: str, betas, include, curvature, heldout):
         for s in ss:
             _BLOCKS.move_to_end((version, part, s))
             blocks.append(_BLOCKS[(version, part, s)])
-        yield _result(part, [], _partition_sums(blocks, betas, include, curvature, heldout))
+        yield _result(part, [], _partition_sums(blocks, stat, zero))
 
 
 def payload_pass(batches, *, version: str, expected: dict, n_features: int, n_creatives: int,
-                 n_folds: int, betas, include, curvature, heldout, budget: int):
+                 n_folds: int, stat, zero, budget: int):
     """mapInArrow over the cache's payload for the partitions some worker missed: rebuild the
     blocks from the bytes, check each against the driver's (rows, CRC) record (a block Spark
     recomputed from changed input fails loudly instead of giving another answer), keep them
@@ -152,7 +156,7 @@ def payload_pass(batches, *, version: str, expected: dict, n_features: int, n_cr
         for seq, block in sorted(blocks.items()):
             _remember((version, part, seq), block, budget)
         ordered = [blocks[s] for s in sorted(blocks)]
-        yield _result(part, [], _partition_sums(ordered, betas, include, curvature, heldout))
+        yield _result(part, [], _partition_sums(ordered, stat, zero))
 
 
 def forget_version(version: str) -> None:

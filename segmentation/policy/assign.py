@@ -153,3 +153,25 @@ def write_parquet_atomic(df, path: str) -> None:
         replace_dir(tmp, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def design_segment_shares(oracle, model: SegmentationModel) -> dict[str, float]:
+    """Share of rows assigned to each segment, counted in the cached design of a fit (one pass
+    of ``oracle.block_sum``; no read of the input): the shares of :func:`segment_shares` with
+    ``rows_are_users`` (each user has one row), row for row the same choice as
+    :func:`assign_segments` (``design_scores.choose_segments``). The design must be the one the
+    model was fitted on (its encoding's standardised features)."""
+    from functools import partial
+
+    import numpy as np
+
+    from segmentation.policy.design_scores import segment_counts
+
+    if oracle.n_features != len(model.features):
+        raise ValueError(f"the design has {oracle.n_features} features, the model "
+                         f"{len(model.features)}")
+    G = np.asarray(model.gamma_fit, dtype=np.float64)[model.assignable]
+    counts = oracle.block_sum(partial(segment_counts, G=G), np.zeros(len(G)),
+                              label="segmentation: segment shares")
+    total = float(counts.sum()) or 1.0
+    return {model.segments[j]: float(counts[i]) / total for i, j in enumerate(model.assignable)}

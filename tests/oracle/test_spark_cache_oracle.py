@@ -117,9 +117,14 @@ def test_a_block_recomputed_with_other_content_fails_loudly(spark):
         rows = [r.asDict() for r in cache.df.collect()]
         batch = pa.RecordBatch.from_pylist(rows, schema=_arrow_schema())
         betas = np.zeros((1, K, P))
+        from functools import partial
+
+        from segmentation.oracle.kernel import BlockSums, block_statistics
+
+        stat = partial(block_statistics, betas=betas, include=np.ones((1, F), bool),
+                       curvature=True, heldout=False)
         kw = dict(version="test-" + cache.version, n_features=P, n_creatives=K, n_folds=F,
-                  betas=betas, include=np.ones((1, F), bool), curvature=True, heldout=False,
-                  budget=0)
+                  stat=stat, zero=BlockSums.zeros(1, K, P, True), budget=0)
         good = {k: (r, c) for k, r, c in zip(cache.keys, cache.rows, cache.crcs)}
         out = list(payload_pass(iter([batch]), expected=good, **kw))
         assert [o.column("part")[0].as_py() for o in out] == cache.parts
@@ -153,3 +158,24 @@ def test_worker_block_cache_accounting_stays_exact():
         w._BLOCKS.clear()
         w._BLOCKS.update(saved[0])
         w._BLOCK_BYTES[0] = saved[1]
+
+
+def test_block_sum_adds_any_statistic_over_every_block(spark):
+    """``Oracle.block_sum``: the same total on the cache (first pass loading the blocks, then
+    from the workers' copies) as on the numpy oracle; a likelihood pass is not counted."""
+    def _column_sums(block):        # (nested: shipped by value, tests/ is not importable there)
+        return np.concatenate([[block.X.shape[0]], block.X.sum(axis=0)])
+
+    X, y, creative, fold = _data(n=1200, seed=4)
+    cache = _cached(spark, X, y, creative, fold, max_block_bytes=20_000)
+    try:
+        local = LocalOracle.from_arrays(X, y, creative, fold, n_creatives=K, n_folds=F)
+        remote = SparkCacheOracle(spark, cache)
+        want = local.block_sum(_column_sums, np.zeros(P + 1))
+        assert want[0] == len(y)
+        for _ in range(2):
+            np.testing.assert_allclose(remote.block_sum(_column_sums, np.zeros(P + 1)), want,
+                                       rtol=1e-12)
+        assert remote.passes == local.passes == 0
+    finally:
+        cache.release()
