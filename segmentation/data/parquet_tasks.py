@@ -514,11 +514,12 @@ def _user_keys_task(batches, *, units, user_col: str, kind: str, n_buckets: int)
         if actual is None:                        # a file without the column: all null
             continue
         col = pf.read_row_groups(groups, columns=[actual], use_threads=False).column(0)
+        what = "a string id" if kind == "string" else "an integer id"
         try:
             col = col.cast(typ)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataValidationError(f"user column '{user_col}' in Parquet file '{path}' has type "
-                                      f"{col.type}, which cannot be read as a {kind} id: {exc}") from None
+                                      f"{col.type}, which cannot be read as {what}: {exc}") from None
         parts.extend(c for c in col.chunks if len(c))
     if not parts:
         return

@@ -38,6 +38,7 @@ Measured 1M rows x 50 covariates, local[2], in one run (``benchmarks/bench_prepa
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -585,6 +586,22 @@ def task_validation_error(exc: BaseException) -> str | None:
     return found[-1].strip() if found else None
 
 
+@contextlib.contextmanager
+def task_errors_unwrapped():
+    """Inside: a ``DataValidationError`` raised in a Spark task (Spark hands it to the driver
+    wrapped in its own exception) is raised again as a ``DataValidationError`` with its message,
+    so the CLI exits 2 with it."""
+    try:
+        yield
+    except DataValidationError:
+        raise
+    except Exception as exc:
+        said = task_validation_error(exc)
+        if said is None:
+            raise
+        raise DataValidationError(said) from None
+
+
 def count_users(df, user_col: str) -> int:
     """Exact number of distinct non-null users (``distinct`` then ``count``), with the shuffle
     cut to a few partitions per core (Spark's default 200 costs more than the count itself on
@@ -775,8 +792,9 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     # 1M rows x 50, local[2], 14.5-20 s against 13-15 s in sequence)
     t = clock()
     if direct is not None:
-        n_users = direct.count_users(
-            user_col, "string" if types[user_col].typeName() == "string" else "integer")
+        with task_errors_unwrapped():
+            n_users = direct.count_users(
+                user_col, "string" if types[user_col].typeName() == "string" else "integer")
     else:
         n_users = count_users(df, user_col)
     tm["users"] = clock() - t
@@ -799,13 +817,8 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     K = len(creatives)
     try:
         with _arrow_batch_rows(df.sparkSession, width):
-            try:
+            with task_errors_unwrapped():
                 summaries = sink.run(frame, n_stats=len(covariates), n_creatives=K, n_folds=n_folds)
-            except Exception as exc:  # a task's DataValidationError arrives wrapped by Spark
-                said = task_validation_error(exc)
-                if said is None:
-                    raise
-                raise DataValidationError(said) from None
         tm["scan"] = clock() - t
         t = clock()
         st = combine_scan_stats(summaries, len(covariates))

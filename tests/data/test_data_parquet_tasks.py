@@ -275,6 +275,26 @@ def test_a_task_error_reaches_the_caller_as_data_validation_error(spark, campaig
     assert not [d for d in os.listdir(tmp_path / "blocks-arrow") if not d.startswith(".owner")]
 
 
+def test_a_user_column_of_another_type_in_one_file_is_named(spark, campaign, validate_kwargs,
+                                                           tmp_path):
+    """Integer user ids, text ids in one file: the user count's task names the column and the
+    file (DataValidationError, not Spark's wrapped exception), and no block is written."""
+    t = pa.Table.from_pandas(campaign.exposures, preserve_index=False)
+    ids = pa.array([int(u.lstrip("u")) for u in campaign.exposures.user_id], pa.int64())
+    t = t.set_column(t.schema.get_field_index("user_id"), "user_id", ids)
+    path = _write(t, tmp_path / "ids")
+    odd = os.path.join(path, "part-00002.parquet")
+    bad = pq.read_table(odd)
+    bad = bad.set_column(bad.schema.get_field_index("user_id"), "user_id",
+                         pa.array([f"id-{i}" for i in range(bad.num_rows)], pa.string()))
+    pq.write_table(bad, odd)
+    with pytest.raises(DataValidationError,
+                       match=r"user column 'user_id' in Parquet file '.*part-00002.*an integer id"):
+        _scan(spark, path, validate_kwargs, "arrow", tmp_path)
+    blocks = tmp_path / "blocks-arrow"       # the count runs before the scan writes anything
+    assert not blocks.exists() or not [d for d in os.listdir(blocks) if not d.startswith(".owner")]
+
+
 @pytest.mark.parametrize("kind", ["string", "integer"])
 def test_distinct_users_match_spark_with_repeats_nulls_and_many_buckets(spark, tmp_path, kind,
                                                                          monkeypatch):
