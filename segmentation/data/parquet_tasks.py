@@ -113,13 +113,19 @@ class DirectScanFrame:
         return self.spark.range(0, n, 1, numPartitions=n).mapInArrow(fn, schema)
 
 
+def task_ids(batches) -> list[int]:
+    """The ids of ``spark.range`` rows a task of these jobs got (its share of the plan), reading
+    the whole input: a reused Python worker must not leave batches unread."""
+    ids: list[int] = []
+    for b in batches:
+        ids.extend(int(i) for i in b.column(0).to_pylist())
+    return ids
+
+
 def _direct_task(batches, *, units, spec, task):
     """mapInArrow body: the task ids this partition got (one), then ``task`` over the scan
     frame's batches of their row groups."""
-    ids = []
-    for b in batches:                             # consume the input: the worker is reused
-        ids.extend(int(i) for i in b.column(0).to_pylist())
-    mine = [u for i in ids for u in units[i]]
+    mine = [u for i in task_ids(batches) for u in units[i]]
     yield from task(scan_batches_of(mine, spec))
 
 
@@ -246,10 +252,8 @@ def _footer_task(batches, *, chunks):
     """mapInArrow body of the footer job: :func:`footer` of each file of this task's chunk."""
     import pyarrow as pa
 
-    ids = []
-    for b in batches:
-        ids.extend(int(i) for i in b.column(0).to_pylist())
-    rows = [{k: v for k, v in footer(path).items() if k != "kind"} for i in ids for path in chunks[i]]
+    rows = [{k: v for k, v in footer(path).items() if k != "kind"}
+            for i in task_ids(batches) for path in chunks[i]]
     yield pa.RecordBatch.from_pylist(rows, schema=_footer_schema())
 
 
@@ -504,12 +508,9 @@ def _user_keys_task(batches, *, units, user_col: str, kind: str, n_buckets: int)
 
     from segmentation.data.spark_hash import spark_fold
 
-    ids = []
-    for b in batches:                             # consume the input: the worker is reused
-        ids.extend(int(i) for i in b.column(0).to_pylist())
     typ = _id_type(kind)
     parts = []
-    for path, pf, groups, names in open_units([u for i in ids for u in units[i]]):
+    for path, pf, groups, names in open_units([u for i in task_ids(batches) for u in units[i]]):
         actual = names.get(user_col.lower())
         if actual is None:                        # a file without the column: all null
             continue
