@@ -10,16 +10,17 @@ with the number of rows.
 Why not an RDD of cached blocks: a persisted RDD's partitions are re-serialised to the
 Python worker on every pass (measured ~0.5 s per pass for 1M x 51 here, against ~0.13 s
 for a worker-side cache; see shared FIELD-NOTES). The block store must be readable by every
-executor: /dev/shm or a temp dir in local mode, a shared path (DBFS, NFS) on a cluster.
-Needs a classic session (RDDs); ``spark_cache.SparkCacheOracle`` is the oracle that needs
-nothing but Spark.
+executor: /dev/shm or a temp dir in local mode, a shared path (DBFS, NFS) on a cluster;
+``spark_cache.SparkCacheOracle`` is the oracle that needs nothing but Spark. A pass is one
+``spark_tasks.run_indexed`` job (Arrow tasks: the Python workers of the scan that wrote the
+blocks serve the passes too).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from segmentation.oracle.base import Oracle, result_budget_for
-from segmentation.spark_session import job_description
+from segmentation.spark_tasks import run_indexed
 
 
 class SparkOracle(Oracle):
@@ -49,19 +50,16 @@ class SparkOracle(Oracle):
                    n_folds=manifest.n_folds)
 
     def _reduce(self, stat, zero, label):
-        sc = self.spark.sparkContext
         paths = self.block_paths
-        P = len(paths)
 
-        def run(indices):
+        def run(i):
             from segmentation.oracle.spark_worker import cached_block
 
-            return [(i, stat(cached_block(paths[i]))) for i in indices]
+            return stat(cached_block(paths[i]))
 
-        with job_description(self.spark, label):
-            parts = sc.parallelize(range(P), P).mapPartitions(run).collect()
+        parts = run_indexed(self.spark, len(paths), run, label=label)
         self.jobs += 1
         total = zero
-        for _, s in sorted(parts, key=lambda t: t[0]):
+        for s in parts:             # block order: results do not depend on scheduling
             total += s
         return total

@@ -2,8 +2,8 @@
 
 Two block sources, one per data path (``data.store``):
 
-- *files* (``data.blockstore``): each Spark pass runs one task per block over
-  ``sc.parallelize(range(P), P)``; the task looks its block up here and, on a miss,
+- *files* (``data.blockstore``): each Spark pass runs one task per block
+  (``spark_tasks.run_indexed``); the task looks its block up here and, on a miss,
   memory-maps it from the block store.
 - *spark* (``data.blockcache``): each pass scans the key columns of the persisted block
   DataFrame; the task finds the arrays of its partition's blocks here or reports the miss, and
