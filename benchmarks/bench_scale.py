@@ -12,7 +12,12 @@ Every measured run is a fresh process, as a user runs it:
 * ``lam0`` / ``mllib`` (at ``--mllib-rows``): ``segment fit`` at lambda = 0 against a process
   that fits MLlib ``LogisticRegression`` (regParam 0, tol 1e-10) to the creatives one by one
   on the same Parquet (read, ``VectorAssembler``, cache, 12 fits, coefficients to JSON; not
-  MLlib's model writer, which would cost it more). The coefficients are compared.
+  MLlib's model writer, which would cost it more). The coefficients are compared. Both sides
+  run ``--mllib-repeats`` times, alternating, and medians are compared; with ``--jvm-archive``
+  (default) the archive of ``segment jvm-archive`` is built first and both sides also run with
+  it (ours through ``SEGMENTATION_JVM_ARCHIVE``, MLlib's JVM through ``SPARK_SUBMIT_OPTS``).
+  The target compares ours with MLlib as installed; the like-for-like ratios are printed too.
+  Every other child runs without the archive.
 
 Each ``segment fit`` child wraps (does not change) the functions ``run_fit`` calls, to split
 its wall time into session start, ``prepare()`` (with its own step timings), the solve and the
@@ -246,14 +251,20 @@ def mllib_child(spec: dict) -> dict:
     return {"session": t_session, "fits": t_fit, "inner_wall": time.perf_counter() - t0}
 
 
-def run_child(kind: str, spec: dict) -> dict:
+# Children start their JVM without the class archive of ``segment jvm-archive`` unless a run
+# asks for it (item 2 measures both), so that sizes and sessions compare with earlier results.
+CHILD_ENV = {"SEGMENTATION_JVM_ARCHIVE": "off"}
+
+
+def run_child(kind: str, spec: dict, env: dict | None = None) -> dict:
     """Run one child process; its wall time includes the interpreter and the imports."""
     spec_path = spec["spec_path"]
     with open(spec_path, "w") as fh:
         json.dump(spec, fh)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, HERE, "--_child", kind, spec_path],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **CHILD_ENV, **(env or {})})
     wall = time.perf_counter() - t0
     with open(spec_path + ".log", "w") as fh:
         fh.write(proc.stdout)
@@ -290,7 +301,8 @@ def base_config(args, data_dir: str, tag: str) -> dict:
     return cfg, work, event_dir, block_dir, truth
 
 
-def run_fit_process(args, data_dir: str, tag: str, model_cfg: dict, mlflow: bool = False) -> dict:
+def run_fit_process(args, data_dir: str, tag: str, model_cfg: dict, mlflow: bool = False,
+                    env: dict | None = None) -> dict:
     cfg, work, event_dir, block_dir, _ = base_config(args, data_dir, tag)
     cfg["model"].update(model_cfg)
     if mlflow:
@@ -300,7 +312,7 @@ def run_fit_process(args, data_dir: str, tag: str, model_cfg: dict, mlflow: bool
     with open(cfg_path, "w") as fh:
         json.dump(cfg, fh)
     out = run_child("fit", {"config": cfg_path, "block_dir": block_dir,
-                            "spec_path": os.path.join(work, "spec.json")})
+                            "spec_path": os.path.join(work, "spec.json")}, env=env)
     with open(os.path.join(cfg["output"]["model_dir"], "model.json")) as fh:
         model = json.load(fh)
     out["events"] = event_log_counts(event_dir)
@@ -366,18 +378,41 @@ def run_scan(args, data_dir: str, tag: str) -> dict:
                               "spec_path": os.path.join(work, "spec.json")})
 
 
-def run_mllib(args, data_dir: str, tag: str) -> dict:
+def run_mllib(args, data_dir: str, tag: str, env: dict | None = None) -> dict:
     cfg, work, event_dir, block_dir, truth = base_config(args, data_dir, tag)
     shutil.rmtree(block_dir, ignore_errors=True)
     creatives = [c for cs in truth["segments"].values() for c in cs]
     coef_path = os.path.join(work, "mllib_coefs.json")
     out = run_child("mllib", {"conf": cfg["spark"], "exposures": cfg["data"]["exposures"],
                               "covariates": list(truth["numeric"]), "creatives": creatives,
-                              "coef_path": coef_path, "spec_path": os.path.join(work, "spec.json")})
+                              "coef_path": coef_path, "spec_path": os.path.join(work, "spec.json")},
+                    env=env)
     with open(coef_path) as fh:
         out["coefs"] = json.load(fh)
     out["events"] = event_log_counts(event_dir)
     return out
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["wall"])[(len(runs) - 1) // 2]
+
+
+def build_archive(args) -> dict:
+    """``segment jvm-archive`` into a cache of this benchmark's own; its record."""
+    cache = os.path.join(args.out, "jvm-cache")
+    env = dict(os.environ, SEGMENTATION_CACHE_DIR=cache)
+    env.pop("SEGMENTATION_JVM_ARCHIVE", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "segmentation.cli", "jvm-archive"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise SystemExit("segment jvm-archive failed:\n" + proc.stdout[-3000:])
+    check = subprocess.run([sys.executable, "-m", "segmentation.cli", "jvm-archive", "--check"],
+                           env=env, capture_output=True, text=True)
+    path = check.stdout.strip().split(": ", 1)[1]
+    return {"cache_dir": cache, "path": path, "bytes": os.path.getsize(path),
+            "build_seconds": time.perf_counter() - t0}
 
 
 def coef_diff(model: dict, mllib_coefs: dict) -> float:
@@ -390,6 +425,48 @@ def coef_diff(model: dict, mllib_coefs: dict) -> float:
 
 
 # ----------------------------------------------------------------------------- report
+def item2_lines(meta) -> list[str]:
+    """Item 2: medians of alternating fresh processes, with and without the JVM class archive."""
+    runs = meta["item2"]
+    reps = len(runs["ours-plain"])
+    med = {k: statistics.median(r["wall"] for r in v) for k, v in runs.items()}
+
+    def steps(k):
+        r = median_run(runs[k])
+        if k.startswith("ours"):
+            st = r["steps"]
+            return (f"session {st.get('session', 0):.1f}, prepare {st.get('prepare', 0):.1f}, solve "
+                    f"{st.get('solve', 0):.1f}; {r['passes']} passes, {r['events']['jobs']} Spark jobs")
+        return f"session {r['session']:.1f}, 12 fits {r['fits']:.1f} incl. the cache; {r['events']['jobs']} Spark jobs"
+
+    L = [f"Whole process at lambda = 0, {meta['mllib_rows']:,} rows (item 2), median of {reps} "
+         f"alternating fresh processes each:"]
+    names = {"plain": "JVM as installed", "archive": "JVM class archive (segment jvm-archive)"}
+    for variant in ("plain", "archive"):
+        if f"ours-{variant}" not in runs:
+            continue
+        L.append(f"  {names[variant]}:")
+        for side, label in (("ours", "segment fit"), ("mllib", "MLlib")):
+            k = f"{side}-{variant}"
+            walls = ", ".join(f"{r['wall']:.1f}" for r in runs[k])
+            L.append(f"    {label:<11} {med[k]:6.1f} s  ({steps(k)})  runs {walls}")
+    best = "ours-archive" if "ours-archive" in med else "ours-plain"
+    ratio = med[best] / med["mllib-plain"]
+    L.append(f"  ratio against MLlib as installed (the target): {ratio:.2f}x with "
+             f"{'the archive' if best == 'ours-archive' else 'no archive'} (target <= {MLLIB_RATIO}x): "
+             f"{'PASS' if ratio <= MLLIB_RATIO else 'FAIL'}")
+    like = [f"{names[v].split(' (')[0]} on both sides {med[f'ours-{v}'] / med[f'mllib-{v}']:.2f}x"
+            for v in ("plain", "archive") if f"ours-{v}" in med]
+    L.append(f"  like for like: {'; '.join(like)}")
+    if "archive" in meta:
+        a = meta["archive"]
+        L.append(f"  archive: {a['bytes'] / 1e6:.0f} MB, built once in {a['build_seconds']:.0f} s")
+    L.append(f"  largest coefficient difference {meta['coef_diff']:.1e} (target <= {COEF_TOL:g}): "
+             f"{'PASS' if meta['coef_diff'] <= COEF_TOL else 'FAIL'}")
+    L.append("")
+    return L
+
+
 def gib(b) -> str:
     return f"{b / 2**30:.2f} GiB"
 
@@ -487,7 +564,9 @@ def build_report(args, meta: dict, R: dict) -> str:
             per = "  ".join(f"{n / 1e6:g}M {v:7.1f} s ({v / n * 1e6:5.1f} us/row)" for n, v in have)
             L.append(f"  {label:<38} {per}   x{ratio:5.2f} for x{hi / lo:g} rows  {'PASS' if ok else 'FAIL'}")
         L.append("")
-    if "mllib" in meta:
+    if "item2" in meta:
+        L += item2_lines(meta)
+    elif "mllib" in meta:
         m, ours = meta["mllib"], meta["lam0"]
         ratio = ours["wall"] / m["wall"]
         L.append(f"Whole process at lambda = 0, {meta['mllib_rows']:,} rows (item 2):")
@@ -539,6 +618,10 @@ def parse_args(argv=None):
                    help="evaluate: segment evaluate of the model a cv run of the same size wrote "
                         "(in this run or an earlier one with the same --out)")
     p.add_argument("--mllib-rows", type=int, default=1_000_000, help="0 skips the MLlib comparison")
+    p.add_argument("--mllib-repeats", type=int, default=3,
+                   help="alternating fresh processes per side for item 2 (medians)")
+    p.add_argument("--jvm-archive", action=argparse.BooleanOptionalAction, default=True,
+                   help="item 2 also with the JVM class archive (segment jvm-archive) on both sides")
     p.add_argument("--eval-model-rows", type=int, default=None,
                    help="evaluate the model of the cv run at this many rows (default: the same size)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
@@ -627,11 +710,32 @@ def main(argv=None) -> None:
     if args.mllib_rows:
         data_dir, _ = ensure_data(args, args.mllib_rows)
         meta["mllib_rows"] = args.mllib_rows
-        meta["lam0"] = run_fit_process(args, data_dir, f"r{args.mllib_rows}-lam0",
-                                       {"lambda": 0.0, "alpha": args.alpha, "tol": 1e-8})
-        meta["mllib"] = run_mllib(args, data_dir, f"r{args.mllib_rows}-mllib")
-        meta["coef_diff"] = coef_diff(meta["lam0"]["model"], meta["mllib"]["coefs"])
-        print(f"lambda 0: ours {meta['lam0']['wall']:.1f} s, MLlib {meta['mllib']['wall']:.1f} s", flush=True)
+        archive = build_archive(args) if args.jvm_archive else None
+        if archive:
+            meta["archive"] = archive
+        variants = [("plain", CHILD_ENV)]
+        if archive:
+            variants.append(("archive", {"SEGMENTATION_JVM_ARCHIVE": "require",
+                                         "SEGMENTATION_CACHE_DIR": archive["cache_dir"]}))
+        runs: dict = {}
+        for rep_i in range(args.mllib_repeats):       # alternating, so drift hits all alike
+            for name, env in variants:
+                ours = run_fit_process(args, data_dir, f"r{args.mllib_rows}-lam0-{name}",
+                                       {"lambda": 0.0, "alpha": args.alpha, "tol": 1e-8}, env=env)
+                runs.setdefault(f"ours-{name}", []).append(ours)
+                mll_env = ({"SPARK_SUBMIT_OPTS": f"-XX:SharedArchiveFile={archive['path']} -Xshare:on"}
+                           if name == "archive" else None)
+                m = run_mllib(args, data_dir, f"r{args.mllib_rows}-mllib-{name}", env=mll_env)
+                runs.setdefault(f"mllib-{name}", []).append(m)
+                print(f"lambda 0 [{name} JVM, {rep_i + 1}/{args.mllib_repeats}]: ours {ours['wall']:.1f} s, "
+                      f"MLlib {m['wall']:.1f} s", flush=True)
+        meta["item2"] = {k: [{kk: vv for kk, vv in r.items() if kk not in ("model", "coefs")} for r in v]
+                         for k, v in runs.items()}
+        meta["lam0"] = median_run(runs["ours-plain"])
+        meta["mllib"] = median_run(runs["mllib-plain"])
+        meta["coef_diff"] = max(coef_diff(o["model"], m["coefs"])
+                                for o in runs["ours-plain"] + runs.get("ours-archive", [])
+                                for m in runs["mllib-plain"][:1])
         save()
     meta["ended"] = dt.datetime.now(dt.timezone.utc).strftime("%H:%M UTC")
     meta["load_end"] = loadavg()

@@ -6,6 +6,7 @@
     segment demo [--out DIR]            simulate + fit + assign on local Spark
     segment evaluate CONFIG.yaml [--set k=v ...] [--mlflow-run-id ID]   off-policy evaluation
     segment allocate CONFIG.yaml [--set k=v ...]   coarse personalization (transport section)
+    segment jvm-archive [--check]       build the driver JVM's class archive (faster local starts)
 
 Exit codes: 0 success, 2 bad input or config (message names the key/column), 3 the MLflow
 tracking store cannot be reached at the start (nothing fitted or written; ``mlflow.required:
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set transport.max_treatments=3 (repeatable)")
 
+    j = sub.add_parser("jvm-archive", help="build the JVM class archive that makes a local Spark "
+                                            "session start faster (once per Java and Spark install)")
+    j.add_argument("--check", action="store_true",
+                   help="only say whether a usable archive exists (exit 0) or not (exit 2)")
+
     d = sub.add_parser("demo", help="simulate a campaign, fit it and assign its users (local Spark)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--users", type=int, default=50_000)
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo,
-                "evaluate": cmd_evaluate, "allocate": cmd_allocate}[args.verb](args)
+                "evaluate": cmd_evaluate, "allocate": cmd_allocate,
+                "jvm-archive": cmd_jvm_archive}[args.verb](args)
     except SegmentationError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
@@ -168,6 +175,27 @@ def cmd_allocate(args) -> int:
 
     cfg = load_config(args.config, args.overrides)     # validated before Spark starts
     run_allocate(cfg)
+    return 0
+
+
+def cmd_jvm_archive(args) -> int:
+    from segmentation import jvm_archive
+
+    if args.check:
+        path = jvm_archive.usable_archive()
+        if path is None:
+            print(f"no usable JVM class archive for this Java and Spark under {jvm_archive.cache_dir()}")
+            return 2
+        print(f"JVM class archive: {path}")
+        return 0
+    try:
+        rec = jvm_archive.build()
+    except jvm_archive.ArchiveError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    print(f"wrote the JVM class archive {rec['path']} ({rec['size'] / 1e6:.0f} MB, Java "
+          f"{rec['java_version']}) in {rec['seconds']:.0f}s; local Spark sessions started by "
+          f"segment use it (set {jvm_archive.ENV_MODE}=off not to)")
     return 0
 
 

@@ -52,9 +52,36 @@ def get_or_create_spark(app_name: str = "segmentation", master: str | None = Non
         builder = builder.master(master)
     for k, v in settings.items():
         builder = builder.config(k, str(v))
-    session = builder.getOrCreate()
+    with _jvm_archive(settings):
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+@contextlib.contextmanager
+def _jvm_archive(settings: dict):
+    """While this process launches its driver JVM: the class-data-sharing archive of
+    ``segment jvm-archive`` (``jvm_archive``), through ``SPARK_SUBMIT_OPTS`` for that launch
+    only. Nothing when a JVM is already up (a session stopped and made again, spark-submit)."""
+    from pyspark import SparkContext
+
+    opts = None
+    if SparkContext._gateway is None and not _submitted():
+        from segmentation import jvm_archive
+
+        opts = jvm_archive.launch_options(settings)
+    if not opts:
+        yield
+        return
+    before = os.environ.get("SPARK_SUBMIT_OPTS")
+    os.environ["SPARK_SUBMIT_OPTS"] = f"{before} {opts}" if before else opts
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPARK_SUBMIT_OPTS", None)
+        else:
+            os.environ["SPARK_SUBMIT_OPTS"] = before
 
 
 def master_of(spark) -> str:
