@@ -809,6 +809,13 @@ class FileSink:
         self.final_dir = os.path.join(self.block_dir, self.version)
         self.summaries: list = []
 
+    @property
+    def spill_dir(self) -> str:
+        """Where the direct reader's scan tasks leave their distinct user ids
+        (``parquet_tasks.UserSpill``): inside the version being written, so an abort removes
+        them with it; the count removes them before :meth:`finish`."""
+        return os.path.join(self.tmp_dir, "users")
+
     def run(self, frame, *, n_stats: int, n_creatives: int, n_folds: int) -> list[dict]:
         os.makedirs(self.tmp_dir)
         write_owner(self.tmp_dir)

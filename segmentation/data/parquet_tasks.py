@@ -91,8 +91,18 @@ class DirectRead:
             self.units = plan_units(self.spark, self.files)
         return self.units
 
-    def frame(self, spec: ScanSpec) -> "DirectScanFrame":
-        return DirectScanFrame(self.spark, self.plan(), spec)
+    def frame(self, spec: ScanSpec, users: "UserSpill | None" = None) -> "DirectScanFrame":
+        """The scan's input; with ``users``, each scan task also leaves its distinct user ids
+        in ``users.directory`` for :meth:`count_spilled_users` (no second read of the ids)."""
+        return DirectScanFrame(self.spark, self.plan(), spec, users)
+
+    def user_spill(self, directory: str, user_col: str, kind: str) -> "UserSpill":
+        rows = sum(int(r) for u in self.plan() for _, _, r in u)
+        return UserSpill(directory, user_col, kind, n_buckets(self.spark, rows))
+
+    def count_spilled_users(self, users: "UserSpill") -> int:
+        """The distinct users the scan's tasks left in ``users.directory`` (then removed)."""
+        return count_spilled_users(self.spark, users, len(self.plan()))
 
     def count_users(self, user_col: str, kind: str) -> int:
         """Exact number of distinct non-null values of ``user_col`` (``kind``: "string" or
@@ -104,12 +114,12 @@ class DirectScanFrame:
     """Stands in for ``validate.scan_frame``'s DataFrame in ``sink.run``: ``mapInArrow(task,
     schema)`` runs ``task`` over the same batches, read by pyarrow in the tasks."""
 
-    def __init__(self, spark, units: list, spec: ScanSpec):
-        self.spark, self.units, self.spec = spark, units, spec
+    def __init__(self, spark, units: list, spec: ScanSpec, users: "UserSpill | None" = None):
+        self.spark, self.units, self.spec, self.users = spark, units, spec, users
 
     def mapInArrow(self, task, schema):          # noqa: N802 - the DataFrame method it mirrors
         n = len(self.units)
-        fn = partial(_direct_task, units=self.units, spec=self.spec, task=task)
+        fn = partial(_direct_task, units=self.units, spec=self.spec, task=task, users=self.users)
         return self.spark.range(0, n, 1, numPartitions=n).mapInArrow(fn, schema)
 
 
@@ -122,11 +132,19 @@ def task_ids(batches) -> list[int]:
     return ids
 
 
-def _direct_task(batches, *, units, spec, task):
+def _direct_task(batches, *, units, spec, task, users=None):
     """mapInArrow body: the task ids this partition got (one), then ``task`` over the scan
-    frame's batches of their row groups."""
-    mine = [u for i in task_ids(batches) for u in units[i]]
-    yield from task(scan_batches_of(mine, spec))
+    frame's batches of their row groups; with ``users``, the task's distinct user ids are
+    written to its bucket files once ``task`` has read every batch."""
+    ids = task_ids(batches)
+    mine = [u for i in ids for u in units[i]]
+    if users is None:
+        yield from task(scan_batches_of(mine, spec))
+        return
+    seen: list = []
+    yield from task(scan_batches_of(mine, spec, user_ids=(users, seen)))
+    for i in ids:
+        users.write(i, seen if i == ids[0] else [])
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -363,13 +381,20 @@ def plan_units(spark, files: list, *, on_driver: bool = True) -> list:
 
 
 # ----------------------------------------------------------------------------- the task
-def scan_batches_of(units: list, spec: ScanSpec):
+def scan_batches_of(units: list, spec: ScanSpec, user_ids=None):
     """Yield ``scan_frame``'s batches for the row groups ``units`` ([(path, [group, ...],
-    rows)]), checked by :func:`open_units`."""
+    rows)]), checked by :func:`open_units`. ``user_ids`` (a :class:`UserSpill` and a list):
+    each batch's distinct non-null user ids are appended to the list, read as the spill's id
+    type (a column that cannot be is named, as :func:`count_users` names it)."""
     for path, pf, groups, names in open_units(units):
         present = [names[c.lower()] for c in spec.columns if c.lower() in names]
         for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups,
                                      columns=present, use_threads=False):
+            if user_ids is not None:
+                spill, out = user_ids
+                actual = names.get(spec.user_col.lower())
+                if actual is not None:
+                    out.append(spill.distinct(batch.column(batch.schema.get_field_index(actual)), path))
             yield scan_frame_batch(batch, spec, names, path)
 
 
@@ -431,6 +456,8 @@ def scan_frame_batch(batch, spec: ScanSpec, names: dict, path: str):
     c = pc.if_else(pc.is_null(cr), -2, pc.fill_null(idx, -1)).cast(pa.int32())
 
     user = _column(batch, spec.user_col, names, path)
+    if pa.types.is_null(user.type):          # a file without the column: null ids, as Spark reads it
+        user = user.cast(pa.string())
     f = pa.array(spark_fold(user, spec.n_folds, spec.seed), pa.int32())
     nu = pc.is_null(user)
 
@@ -468,6 +495,158 @@ USERS_PER_BUCKET = 2_000_000
 _BUCKET_SEED = 0x5EED                          # any fixed seed: buckets only group equal ids
 
 
+def n_buckets(spark, rows: int) -> int:
+    """Hash buckets of a distinct count over ``rows`` rows: one reducing task each, holding
+    about ``USERS_PER_BUCKET`` ids at most, and at least the default parallelism."""
+    return max(default_parallelism(spark), math.ceil(rows / USERS_PER_BUCKET))
+
+
+def _cast_ids(col, kind: str, user_col: str, path: str):
+    import pyarrow as pa
+
+    what = "a string id" if kind == "string" else "an integer id"
+    try:
+        return col.cast(_id_type(kind))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataValidationError(f"user column '{user_col}' in Parquet file '{path}' has type "
+                                  f"{col.type}, which cannot be read as {what}: {exc}") from None
+
+
+def _bucketed(parts: list, kind: str, n_buckets: int):
+    """Yield ``(bucket, distinct ids of the bucket)`` over the id arrays ``parts`` (nulls
+    dropped; ``pmod(xxhash64(id), n_buckets)``, so equal ids share a bucket)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segmentation.data.spark_hash import spark_fold
+
+    typ = _id_type(kind)
+    parts = [c for p in parts for c in (p.chunks if isinstance(p, pa.ChunkedArray) else [p]) if len(c)]
+    if not parts:
+        return
+    distinct = pc.drop_null(pc.unique(pa.chunked_array(parts, typ)))
+    if not len(distinct):
+        return
+    bucket = spark_fold(distinct, n_buckets, _BUCKET_SEED)
+    order = np.argsort(bucket, kind="stable")
+    bucket = bucket[order]
+    distinct = distinct.take(pa.array(order))
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(bucket)]):
+        yield int(bucket[a]), distinct.slice(int(a), int(b - a))
+
+
+def _ipc_bytes(ids) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    part = pa.record_batch([ids], names=["id"])
+    with pa.ipc.new_stream(sink, part.schema) as w:
+        w.write_batch(part)
+    return sink.getvalue().to_pybytes()
+
+
+def _ipc_ids(blob: bytes) -> list:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(blob).read_all().column(0).chunks
+
+
+@dataclass(frozen=True)
+class UserSpill:
+    """Where the fused scan's tasks leave their distinct user ids for the count: a directory
+    every executor and the driver see (the file store's, which must be shared anyway).
+    Task ``t`` writes ``u-<t>-<bucket>.arrow`` per non-empty bucket (Arrow IPC), then
+    ``t-<t>.json`` listing them; every file is written under a temporary name and renamed,
+    so a retried or speculative attempt replaces it whole with the same content."""
+
+    directory: str
+    user_col: str
+    kind: str                          # "string" or "integer" (Spark's type of the column)
+    n_buckets: int
+
+    def distinct(self, col, path: str):
+        """One batch's distinct ids, as the id type (nulls kept: dropped when bucketed)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        return pc.unique(_cast_ids(col, self.kind, self.user_col, path))
+
+    def write(self, task: int, parts: list) -> None:
+        import json
+        import os
+        import uuid
+
+        os.makedirs(self.directory, exist_ok=True)
+        tag = uuid.uuid4().hex[:8]
+
+        def put(name: str, data: bytes) -> None:
+            tmp = os.path.join(self.directory, f".{name}.{tag}")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, os.path.join(self.directory, name))
+
+        files = []
+        for bucket, ids in _bucketed(parts, self.kind, self.n_buckets):
+            name = f"u-{task}-{bucket}.arrow"
+            put(name, _ipc_bytes(ids))
+            files.append([bucket, name])
+        put(f"t-{task}.json", json.dumps(files).encode())
+
+
+def count_spilled_users(spark, users: UserSpill, n_tasks: int) -> int:
+    """Exact distinct users from the files of ``n_tasks`` scan tasks (:class:`UserSpill`): one
+    task per bucket counts the distinct ids of its files; the driver sums the counts and removes
+    the directory. A task's listing the driver cannot see, or a bucket file a task cannot read,
+    means the directory is not shared: an error naming ``data.block_dir``, never a short count."""
+    import json
+    import os
+    import shutil
+
+    by_bucket: dict[int, list[str]] = {}
+    missing = []
+    for t in range(n_tasks):
+        try:
+            with open(os.path.join(users.directory, f"t-{t}.json")) as fh:
+                for bucket, name in json.load(fh):
+                    by_bucket.setdefault(int(bucket), []).append(os.path.join(users.directory, name))
+        except FileNotFoundError:
+            missing.append(t)
+    if missing:
+        raise DataValidationError(
+            f"config key 'data.block_dir': {os.path.dirname(os.path.dirname(users.directory))} is "
+            f"not shared by the driver and the executors: the user ids {len(missing)} of {n_tasks} "
+            "scan tasks wrote there are not visible on the driver. On a cluster set data.block_dir "
+            "to a path every executor and the driver can read (DBFS, NFS), or leave it unset and "
+            "use data.store: spark (blocks cached by Spark itself)")
+    buckets = sorted(by_bucket)
+    kind = users.kind
+
+    def count(i: int) -> int:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        parts = []
+        for path in by_bucket[buckets[i]]:
+            try:
+                with open(path, "rb") as fh:
+                    parts.extend(_ipc_ids(fh.read()))
+            except FileNotFoundError:
+                raise DataValidationError(
+                    f"config key 'data.block_dir': the user-id file {path} written by one executor "
+                    "is not visible on another: data.block_dir must be a path every executor "
+                    "shares (DBFS, NFS)") from None
+        return len(pc.unique(pa.chunked_array(parts, _id_type(kind)))) if parts else 0
+
+    from segmentation.spark_tasks import run_indexed
+
+    total = sum(run_indexed(spark, len(buckets), count, label="segmentation: distinct users"))
+    shutil.rmtree(users.directory, ignore_errors=True)
+    return int(total)
+
+
 def count_users(spark, units: list, user_col: str, kind: str) -> int:
     """Exact number of distinct non-null values of ``user_col`` over the row groups ``units``,
     as ``df.select(user).distinct().count()`` gives (byte equality of strings, integers as
@@ -485,11 +664,11 @@ def count_users(spark, units: list, user_col: str, kind: str) -> int:
     ``distinct``) in ``benchmarks/bench_prepare_scan.py``."""
     rows = sum(int(r) for u in units for _, _, r in u)
     n_units = len(units)
-    n_buckets = max(default_parallelism(spark), math.ceil(rows / USERS_PER_BUCKET))
+    buckets = n_buckets(spark, rows)
     keys = spark.range(0, n_units, 1, numPartitions=n_units).mapInArrow(
-        partial(_user_keys_task, units=units, user_col=user_col, kind=kind, n_buckets=n_buckets),
+        partial(_user_keys_task, units=units, user_col=user_col, kind=kind, n_buckets=buckets),
         "bucket int, ids binary")
-    counts = keys.repartition(n_buckets, "bucket").mapInArrow(
+    counts = keys.repartition(buckets, "bucket").mapInArrow(
         partial(_count_ids_task, kind=kind), "users long").collect()
     return sum(int(r["users"]) for r in counts)
 
@@ -502,43 +681,18 @@ def _id_type(kind: str):
 
 def _user_keys_task(batches, *, units, user_col: str, kind: str, n_buckets: int):
     """mapInArrow body, step 1 of :func:`count_users`."""
-    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from segmentation.data.spark_hash import spark_fold
-
-    typ = _id_type(kind)
     parts = []
     for path, pf, groups, names in open_units([u for i in task_ids(batches) for u in units[i]]):
         actual = names.get(user_col.lower())
         if actual is None:                        # a file without the column: all null
             continue
         col = pf.read_row_groups(groups, columns=[actual], use_threads=False).column(0)
-        what = "a string id" if kind == "string" else "an integer id"
-        try:
-            col = col.cast(typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataValidationError(f"user column '{user_col}' in Parquet file '{path}' has type "
-                                      f"{col.type}, which cannot be read as {what}: {exc}") from None
-        parts.extend(c for c in col.chunks if len(c))
-    if not parts:
-        return
-    distinct = pc.drop_null(pc.unique(pa.chunked_array(parts, typ)))
-    if not len(distinct):
-        return
-    bucket = spark_fold(distinct, n_buckets, _BUCKET_SEED)
-    order = np.argsort(bucket, kind="stable")
-    bucket = bucket[order]
-    distinct = distinct.take(pa.array(order))
-    cuts = np.flatnonzero(np.diff(bucket)) + 1
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(bucket)]):
-        sink = pa.BufferOutputStream()
-        part = pa.record_batch([distinct.slice(int(a), int(b - a))], names=["id"])
-        with pa.ipc.new_stream(sink, part.schema) as w:
-            w.write_batch(part)
+        parts.append(_cast_ids(col, kind, user_col, path))
+    for bucket, ids in _bucketed(parts, kind, n_buckets):
         yield pa.RecordBatch.from_arrays(
-            [pa.array([int(bucket[a])], pa.int32()), pa.array([sink.getvalue().to_pybytes()], pa.binary())],
+            [pa.array([bucket], pa.int32()), pa.array([_ipc_bytes(ids)], pa.binary())],
             names=["bucket", "ids"])
 
 
@@ -551,6 +705,6 @@ def _count_ids_task(batches, *, kind: str):
     parts = []
     for b in batches:
         for blob in b.column(1).to_pylist():
-            parts.extend(pa.ipc.open_stream(blob).read_all().column(0).chunks)
+            parts.extend(_ipc_ids(blob))
     n = len(pc.unique(pa.chunked_array(parts, _id_type(kind)))) if parts else 0
     yield pa.RecordBatch.from_arrays([pa.array([n], pa.int64())], names=["users"])

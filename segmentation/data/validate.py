@@ -724,7 +724,10 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     ``write_blocks``/``cache_blocks`` of ``Encoding.feature_columns`` given that encoding.
 
     Spark jobs: the distinct user count (a shuffle of the user ids only; with the direct
-    reader, ``parquet_tasks.count_users``: ids read by pyarrow, shuffled as blobs), one ``mapInArrow``
+    reader, ``parquet_tasks.count_users``: ids read by pyarrow, shuffled as blobs; with the
+    direct reader and block files, no job of its own: the scan's tasks leave their distinct ids
+    in the block store, hashed into buckets, and one small job counts each bucket after the
+    scan, ``parquet_tasks.UserSpill``), one ``mapInArrow``
     over ``scan_frame`` (plain columns; the task assembles each Arrow batch into a row-major
     numpy matrix, a null read as NaN) in which each task measures its rows (counts per creative and fold,
     positives, bad responses, null/unknown creatives, null users, per covariate null and
@@ -791,10 +794,15 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     # (run beside the scan in a thread, the count waited for task slots and slowed the scan:
     # 1M rows x 50, local[2], 14.5-20 s against 13-15 s in sequence)
     t = clock()
-    if direct is not None:
+    id_kind = "string" if types[user_col].typeName() == "string" else "integer"
+    spill_dir = getattr(sink, "spill_dir", None)
+    spill = None
+    if direct is not None and spill_dir is not None:
+        spill = direct.user_spill(spill_dir, user_col, id_kind)   # counted after the scan
+        n_users = None
+    elif direct is not None:
         with task_errors_unwrapped():
-            n_users = direct.count_users(
-                user_col, "string" if types[user_col].typeName() == "string" else "integer")
+            n_users = direct.count_users(user_col, id_kind)
     else:
         n_users = count_users(df, user_col)
     tm["users"] = clock() - t
@@ -808,7 +816,7 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
                         categorical=tuple((c, tuple(levels.get(c, []))) for c in categorical),
                         creatives=tuple(creatives), n_folds=int(n_folds), seed=int(seed),
                         batch_rows=scan_batch_rows(width))
-        frame = direct.frame(spec)
+        frame = direct.frame(spec, users=spill)
     else:
         frame = scan_frame(df, user_col=user_col, creative_col=creative_col,
                            response_col=response_col, covariates=covariates,
@@ -820,6 +828,11 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
             with task_errors_unwrapped():
                 summaries = sink.run(frame, n_stats=len(covariates), n_creatives=K, n_folds=n_folds)
         tm["scan"] = clock() - t
+        if spill is not None:
+            t = clock()
+            with task_errors_unwrapped():
+                n_users = direct.count_spilled_users(spill)
+            tm["users"] += clock() - t
         t = clock()
         st = combine_scan_stats(summaries, len(covariates))
         n_rows = int(st["n_rows"])

@@ -291,7 +291,7 @@ def test_a_user_column_of_another_type_in_one_file_is_named(spark, campaign, val
     with pytest.raises(DataValidationError,
                        match=r"user column 'user_id' in Parquet file '.*part-00002.*an integer id"):
         _scan(spark, path, validate_kwargs, "arrow", tmp_path)
-    blocks = tmp_path / "blocks-arrow"       # the count runs before the scan writes anything
+    blocks = tmp_path / "blocks-arrow"       # what the scan wrote before the error is removed
     assert not blocks.exists() or not [d for d in os.listdir(blocks) if not d.startswith(".owner")]
 
 
@@ -323,3 +323,95 @@ def test_distinct_users_match_spark_with_repeats_nulls_and_many_buckets(spark, t
     assert len(direct.plan()) >= 2
     assert direct.count_users("user", kind) == expected
     assert expected == len({v for v in col.to_pylist() if v is not None})
+
+
+def _users_table(kind: str, rng):
+    raw = rng.integers(0, 700, size=3000)
+    if kind == "string":
+        ids = [None if v % 97 == 0 else (f"U{v}" if v % 5 else f"u{v} ") for v in raw]
+        col = pa.array(ids, pa.string())
+    else:
+        col = pa.array([None if v % 97 == 0 else int(v) * 10**12 - 7 for v in raw], pa.int64())
+    return col, raw
+
+
+def _drainer():
+    """A scan task that only reads its batches (nested: workers cannot import this module)."""
+    def drain(batches):
+        import pyarrow as _pa
+
+        n = 0
+        for b in batches:
+            n += b.num_rows
+        yield _pa.RecordBatch.from_pydict({"rows": _pa.array([n], _pa.int64())})
+    return drain
+
+
+@pytest.mark.parametrize("kind", ["string", "integer"])
+def test_users_left_by_the_scan_tasks_count_as_spark_distinct(spark, tmp_path, kind, monkeypatch):
+    """With block files, the scan's own tasks leave their distinct ids (UserSpill) and one small
+    job counts them by bucket: equal to Spark's distinct().count() with repeats within and
+    across tasks, nulls, a file without the column, case and trailing-space variants, and 30
+    buckets; the directory is removed after the count."""
+    from segmentation.data import parquet_tasks
+    from segmentation.data.parquet_tasks import DirectRead, ScanSpec
+    from segmentation.data.validate import count_users
+
+    col, raw = _users_table(kind, np.random.default_rng(4))
+    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / kind,
+                  n_files=4, row_group_size=200)
+    pq.write_table(pa.table({"x": pa.array([1.0, 2.0])}), os.path.join(path, "part-99999.parquet"))
+    df = spark.read.parquet(path)
+    expected = count_users(df, "user")
+    monkeypatch.setattr(parquet_tasks, "USERS_PER_BUCKET", 100)
+    direct = DirectRead(spark, list(df.inputFiles()), "test")
+    assert len(direct.plan()) >= 2
+    spill = direct.user_spill(str(tmp_path / "spill"), "user", kind)
+    assert spill.n_buckets == 31                # ceil(3002 rows / 100)
+    spec = ScanSpec(user_col="user", creative_col="cr", response_col="y", response_kind="number",
+                    covariates=("x",), categorical=(), creatives=("a",), n_folds=2, seed=0,
+                    batch_rows=128)
+    rows = direct.frame(spec, users=spill).mapInArrow(_drainer(), "rows long").collect()
+    assert sum(r["rows"] for r in rows) == 3002
+    assert direct.count_spilled_users(spill) == expected
+    assert expected == len({v for v in col.to_pylist() if v is not None})
+    assert not os.path.exists(spill.directory)
+
+
+def test_user_ids_the_driver_cannot_see_name_block_dir(spark, tmp_path):
+    """A task's listing missing on the driver (a block_dir not shared) is an error naming the
+    key, never a short count."""
+    from segmentation.data.parquet_tasks import DirectRead, ScanSpec
+
+    col, raw = _users_table("string", np.random.default_rng(5))
+    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / "exp")
+    direct = DirectRead(spark, list(spark.read.parquet(path).inputFiles()), "test")
+    spill = direct.user_spill(str(tmp_path / "blocks" / ".tmp-v" / "users"), "user", "string")
+    spec = ScanSpec(user_col="user", creative_col="cr", response_col="y", response_kind="number",
+                    covariates=("x",), categorical=(), creatives=("a",), n_folds=1, seed=0,
+                    batch_rows=512)
+    direct.frame(spec, users=spill).mapInArrow(_drainer(), "rows long").collect()
+    os.remove(os.path.join(spill.directory, "t-1.json"))
+    with pytest.raises(DataValidationError, match=r"data.block_dir.*not shared.*1 of [0-9]+ scan tasks"):
+        direct.count_spilled_users(spill)
+
+
+def test_prepare_with_block_files_counts_users_in_the_scan(spark, campaign_path, validate_kwargs,
+                                                          tmp_path):
+    """scan_and_validate with the direct reader and block files: no user-count job of its own
+    before the scan, one bucket-count job after it, the report's users equal Spark's count."""
+    from segmentation.data.validate import count_users
+
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup(None) or [])
+    timings: dict = {}
+    (rep, _, man), how = _scan(spark, campaign_path, validate_kwargs, "arrow", tmp_path,
+                               timings=timings)
+    jobs = sorted(set(tracker.getJobIdsForGroup(None) or []) - before)
+    first = [tracker.getStageInfo(min(tracker.getJobInfo(j).stageIds)).name for j in jobs]
+    assert how["reader"] == "arrow"
+    assert rep.n_users == count_users(spark.read.parquet(campaign_path), "user_id")
+    assert not os.path.exists(os.path.join(os.path.dirname(man.paths[0]), "users"))
+    # no job of parquet_tasks.count_users (its map and shuffle stages); one bucket-count job
+    assert not [n for n in first if "parquet_tasks.py" in n], first
+    assert len([n for n in first if "spark_tasks.py" in n]) == 1, first
