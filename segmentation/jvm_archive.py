@@ -87,10 +87,18 @@ def spark_home() -> str:
 
 
 def archive_key() -> str | None:
-    """A hash of the JVM binary, Spark's jars and the class-path variables; None without java."""
-    java = java_binary()
-    if not java or not os.path.exists(java):
+    """A hash of the JVM binary, Spark's jars and the class-path variables; None without java
+    or Spark (no archive then: the session starts as it would without this module)."""
+    try:
+        java = java_binary()
+        if not java or not os.path.exists(java):
+            return None
+        return _key(java)
+    except (OSError, SystemExit):      # pyspark's find_spark_home exits when it finds nothing
         return None
+
+
+def _key(java: str) -> str:
     real = os.path.realpath(java)
     st = os.stat(real)
     h = hashlib.sha256()
@@ -197,7 +205,11 @@ def build(timeout: float = 900.0) -> dict:
     if key is None:
         raise ArchiveError("no java found (JAVA_HOME or PATH): cannot build a JVM class archive")
     final = archive_path(key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"cannot create the archive directory {os.path.dirname(final)} ({exc}); "
+                           "set SEGMENTATION_CACHE_DIR to a writable directory") from None
     tmp = f"{final}.tmp-{os.getpid()}"
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segmentation-jvm-archive-") as work:

@@ -295,37 +295,8 @@ def test_a_user_column_of_another_type_in_one_file_is_named(spark, campaign, val
     assert not blocks.exists() or not [d for d in os.listdir(blocks) if not d.startswith(".owner")]
 
 
-@pytest.mark.parametrize("kind", ["string", "integer"])
-def test_distinct_users_match_spark_with_repeats_nulls_and_many_buckets(spark, tmp_path, kind,
-                                                                         monkeypatch):
-    """The direct count (pyarrow in the tasks, ids shuffled as blobs by bucket) equals Spark's
-    ``distinct().count()``: users repeated within and across files and tasks, nulls, a file
-    without the user column, ids that differ only in case or trailing space, and more buckets
-    than reducing tasks see at once."""
-    from segmentation.data import parquet_tasks
-    from segmentation.data.parquet_tasks import DirectRead
-    from segmentation.data.validate import count_users
-
-    rng = np.random.default_rng(3)
-    raw = rng.integers(0, 700, size=3000)
-    if kind == "string":
-        ids = [None if v % 97 == 0 else (f"U{v}" if v % 5 else f"u{v} ") for v in raw]
-        col = pa.array(ids, pa.string())
-    else:
-        col = pa.array([None if v % 97 == 0 else int(v) * 10**12 - 7 for v in raw], pa.int64())
-    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / kind,
-                  n_files=4, row_group_size=200)
-    pq.write_table(pa.table({"x": pa.array([1.0, 2.0])}), os.path.join(path, "part-99999.parquet"))
-    df = spark.read.parquet(path)
-    expected = count_users(df, "user")
-    monkeypatch.setattr(parquet_tasks, "USERS_PER_BUCKET", 100)   # 30 buckets
-    direct = DirectRead(spark, list(df.inputFiles()), "test")
-    assert len(direct.plan()) >= 2
-    assert direct.count_users("user", kind) == expected
-    assert expected == len({v for v in col.to_pylist() if v is not None})
-
-
 def _users_table(kind: str, rng):
+    """User ids with repeats, nulls and (strings) case and trailing-space variants."""
     raw = rng.integers(0, 700, size=3000)
     if kind == "string":
         ids = [None if v % 97 == 0 else (f"U{v}" if v % 5 else f"u{v} ") for v in raw]
@@ -333,6 +304,37 @@ def _users_table(kind: str, rng):
     else:
         col = pa.array([None if v % 97 == 0 else int(v) * 10**12 - 7 for v in raw], pa.int64())
     return col, raw
+
+
+def _users_input(spark, kind: str, seed: int, tmp_path, monkeypatch):
+    """Those ids in 4 files of row groups of 200 and a file without the column, planned into
+    several tasks, 31 buckets; with Spark's distinct count of them."""
+    from segmentation.data import parquet_tasks
+    from segmentation.data.parquet_tasks import DirectRead
+    from segmentation.data.validate import count_users
+
+    col, raw = _users_table(kind, np.random.default_rng(seed))
+    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / kind,
+                  n_files=4, row_group_size=200)
+    pq.write_table(pa.table({"x": pa.array([1.0, 2.0])}), os.path.join(path, "part-99999.parquet"))
+    df = spark.read.parquet(path)
+    expected = count_users(df, "user")
+    assert expected == len({v for v in col.to_pylist() if v is not None})
+    monkeypatch.setattr(parquet_tasks, "USERS_PER_BUCKET", 100)
+    direct = DirectRead(spark, list(df.inputFiles()), "test")
+    assert len(direct.plan()) >= 2
+    return direct, expected, col
+
+
+@pytest.mark.parametrize("kind", ["string", "integer"])
+def test_distinct_users_match_spark_with_repeats_nulls_and_many_buckets(spark, tmp_path, kind,
+                                                                         monkeypatch):
+    """The direct count (pyarrow in the tasks, ids shuffled as blobs by bucket) equals Spark's
+    ``distinct().count()``: users repeated within and across files and tasks, nulls, a file
+    without the user column, ids that differ only in case or trailing space, and more buckets
+    than reducing tasks see at once."""
+    direct, expected, col = _users_input(spark, kind, 3, tmp_path, monkeypatch)
+    assert direct.count_users("user", kind) == expected
 
 
 def _drainer():
@@ -351,21 +353,11 @@ def _drainer():
 def test_users_left_by_the_scan_tasks_count_as_spark_distinct(spark, tmp_path, kind, monkeypatch):
     """With block files, the scan's own tasks leave their distinct ids (UserSpill) and one small
     job counts them by bucket: equal to Spark's distinct().count() with repeats within and
-    across tasks, nulls, a file without the column, case and trailing-space variants, and 30
+    across tasks, nulls, a file without the column, case and trailing-space variants, and 31
     buckets; the directory is removed after the count."""
-    from segmentation.data import parquet_tasks
-    from segmentation.data.parquet_tasks import DirectRead, ScanSpec
-    from segmentation.data.validate import count_users
+    from segmentation.data.parquet_tasks import ScanSpec
 
-    col, raw = _users_table(kind, np.random.default_rng(4))
-    path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / kind,
-                  n_files=4, row_group_size=200)
-    pq.write_table(pa.table({"x": pa.array([1.0, 2.0])}), os.path.join(path, "part-99999.parquet"))
-    df = spark.read.parquet(path)
-    expected = count_users(df, "user")
-    monkeypatch.setattr(parquet_tasks, "USERS_PER_BUCKET", 100)
-    direct = DirectRead(spark, list(df.inputFiles()), "test")
-    assert len(direct.plan()) >= 2
+    direct, expected, col = _users_input(spark, kind, 4, tmp_path, monkeypatch)
     spill = direct.user_spill(str(tmp_path / "spill"), "user", kind)
     assert spill.n_buckets == 31                # ceil(3002 rows / 100)
     spec = ScanSpec(user_col="user", creative_col="cr", response_col="y", response_kind="number",
@@ -374,7 +366,6 @@ def test_users_left_by_the_scan_tasks_count_as_spark_distinct(spark, tmp_path, k
     rows = direct.frame(spec, users=spill).mapInArrow(_drainer(), "rows long").collect()
     assert sum(r["rows"] for r in rows) == 3002
     assert direct.count_spilled_users(spill) == expected
-    assert expected == len({v for v in col.to_pylist() if v is not None})
     assert not os.path.exists(spill.directory)
 
 
