@@ -57,16 +57,21 @@ def test_lazy_path_matches_eager_with_fewer_hessians():
 
 def test_a_hessian_never_refreshed_still_converges_to_the_same_point(monkeypatch):
     """With the first Hessians kept for the whole fit the method is proximal quasi-Newton with
-    a fixed metric: slower, but stopped by the same KKT residual at the same solution."""
+    a fixed metric: slower, but stopped by the same KKT residual at the same solution.
+
+    tol 1e-8, not the 1e-9 of the eager fit: converging linearly, the fixed-metric method
+    reaches residuals near 1e-9 where its model decrement (~ residual^2) is below the
+    rounding of the loss, and it stops there with "no descent direction" (it did at 1.04e-9
+    with numpy 2.4.6 / scipy 1.17.1); eager Newton jumps past that floor quadratically."""
     st, oracle, _ = simulate(seed=6, n=3000, p=5)
     eager = fit(oracle, st, 0.01, 0.3, tol=1e-9, lazy_hessian=False)
     monkeypatch.setattr(prox_newton, "HESSIAN_MAX_AGE", 10 ** 6)
     monkeypatch.setattr(prox_newton, "LAZY_RATE", np.inf)
     monkeypatch.setattr(prox_newton, "LAZY_RHO", -np.inf)
-    stale = fit(oracle, st, 0.01, 0.3, tol=1e-9, max_iter=500)
+    stale = fit(oracle, st, 0.01, 0.3, tol=1e-8, max_iter=500)
     _same_solution(stale, eager)
-    assert stale.residual <= 1e-9
-    assert stale.n_hessians < stale.n_passes
+    assert stale.residual <= 1e-8
+    assert stale.n_hessians == 1 < stale.n_passes
 
 
 def test_tell_without_curvature_needs_lazy_mode_and_a_hessian_in_hand():
