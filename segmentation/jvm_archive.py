@@ -216,13 +216,19 @@ def build(timeout: float = 900.0) -> dict:
         info_path = os.path.join(work, "jvm.json")
         env = dict(os.environ)
         env[ENV_MODE] = "off"
-        env["SPARK_SUBMIT_OPTS"] = (env.get("SPARK_SUBMIT_OPTS", "") + f" -XX:ArchiveClassesAtExit={tmp}").strip()
+        env["SPARK_SUBMIT_OPTS"] = (env.get("SPARK_SUBMIT_OPTS", "")
+                                    + f" -XX:ArchiveClassesAtExit={tmp}").strip()
         env.pop("PYSPARK_GATEWAY_PORT", None)
         env.pop("SPARK_REMOTE", None)
         try:
-            proc = subprocess.run([sys.executable, "-m", "segmentation.jvm_archive", "_dump", work, info_path],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout)
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "segmentation.jvm_archive", "_dump", work, info_path],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise ArchiveError(f"the sample fit that builds the archive took more than "
+                                   f"{timeout:.0f} s") from None
             if proc.returncode != 0 or not os.path.exists(tmp) or not os.path.exists(info_path):
                 tail = "\n".join(proc.stdout.splitlines()[-15:])
                 raise ArchiveError(f"the JVM that runs the sample fit did not write an archive "
@@ -232,11 +238,13 @@ def build(timeout: float = 900.0) -> dict:
             java = os.path.join(info["java_home"], "bin", "java")
             check = subprocess.run([java, "-Xshare:on", f"-XX:SharedArchiveFile={tmp}",
                                     "-cp", info["class_path"], "-version"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   timeout=120)
             if check.returncode != 0:
                 raise ArchiveError(f"the archive {tmp} does not load (java -Xshare:on exit "
                                    f"{check.returncode}): {check.stdout.strip()[-500:]}")
-            record = {"size": os.path.getsize(tmp), "key": key, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            record = {"size": os.path.getsize(tmp), "key": key,
+                      "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "seconds": round(time.time() - t0, 1), "java_version": info["java_version"],
                       "java_home": info["java_home"], "spark_home": os.path.realpath(spark_home())}
             if os.path.exists(final + ".json"):

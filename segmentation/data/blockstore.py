@@ -763,7 +763,8 @@ def standardize_blocks(spark, paths: list[str], center, scale, *, local: bool | 
 
     With a local master (``local`` None: asked of the session) the driver does it, one thread
     per core (numpy releases the GIL): the files are on this host. Otherwise one Spark job, one
-    task per block (``spark_tasks.run_indexed``), so executors rewrite the files of a shared ``block_dir`` in parallel.
+    task per block (``spark_tasks.run_indexed``), so executors rewrite the files of a shared
+    ``block_dir`` in parallel.
     Measured 1M rows x 50, local[2], loaded machine: 1.7 s as a Spark job (Python workers
     started and the package imported for 5 tasks) against well under a second in threads."""
     if not paths:
