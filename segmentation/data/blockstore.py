@@ -433,12 +433,9 @@ def write_blocks(df, *, feature_col: str | None = None, feature_cols=None, respo
             raise DataValidationError("cannot write blocks: " + "; ".join(problems))
         unseen = [r["file"] for r in summaries if not os.path.isdir(os.path.join(tmp_dir, r["file"]))]
         if unseen:
-            raise DataValidationError(
-                f"config key 'data.block_dir': {block_dir} is not shared by the driver and the "
-                f"executors: {len(unseen)} of {len(summaries)} block files the executors wrote "
-                f"there are not visible on the driver (e.g. {unseen[0]}). On a cluster set "
-                "data.block_dir to a path every executor and the driver can read (DBFS, NFS), or "
-                "leave it unset and use data.store: spark (blocks cached by Spark itself)")
+            raise block_dir_not_shared(
+                block_dir, f"{len(unseen)} of {len(summaries)} block files the executors wrote",
+                example=unseen[0])
         widths = sorted({int(r["n_features"]) for r in summaries})
         K, Fn = int(n_creatives), int(n_folds)
         counts, positives = total_counts(summaries, n_folds=Fn, n_creatives=K)
@@ -734,6 +731,17 @@ def _scan_write_partition(batches, *, tmp_dir: str, n_stats: int, n_creatives: i
     })
 
 
+def block_dir_not_shared(block_dir: str, what: str, example: str = "") -> DataValidationError:
+    """The error for a ``data.block_dir`` the driver and the executors do not share: ``what``
+    the executors wrote there is not visible on the driver (``example``: one of them)."""
+    eg = f" (e.g. {example})" if example else ""
+    return DataValidationError(
+        f"config key 'data.block_dir': {block_dir} is not shared by the driver and the "
+        f"executors: {what} there are not visible on the driver{eg}. On a cluster set "
+        "data.block_dir to a path every executor and the driver can read (DBFS, NFS), or "
+        "leave it unset and use data.store: spark (blocks cached by Spark itself)")
+
+
 def standardize_array(X, center, scale, chunk_rows: int = 8192) -> None:
     """In place: ``X[:, 1:] = (X[:, 1:] - center[1:]) / scale[1:]`` by row chunks (the same
     float64 operations as ``Encoding.feature_columns``: subtracting 0 and dividing by 1 change
@@ -835,12 +843,9 @@ class FileSink:
         summaries = self.summaries
         unseen = [r["file"] for r in summaries if not os.path.isdir(os.path.join(self.tmp_dir, r["file"]))]
         if unseen:
-            raise DataValidationError(
-                f"config key 'data.block_dir': {self.block_dir} is not shared by the driver and the "
-                f"executors: {len(unseen)} of {len(summaries)} block files the executors wrote "
-                f"there are not visible on the driver (e.g. {unseen[0]}). On a cluster set "
-                "data.block_dir to a path every executor and the driver can read (DBFS, NFS), or "
-                "leave it unset and use data.store: spark (blocks cached by Spark itself)")
+            raise block_dir_not_shared(
+                self.block_dir, f"{len(unseen)} of {len(summaries)} block files the executors wrote",
+                example=unseen[0])
         standardize_blocks(self.spark, [os.path.join(self.tmp_dir, r["file"]) for r in summaries],
                            center, scale)
         counts, positives = total_counts(summaries, n_folds=n_folds, n_creatives=n_creatives)

@@ -96,9 +96,9 @@ class DirectRead:
         in ``users.directory`` for :meth:`count_spilled_users` (no second read of the ids)."""
         return DirectScanFrame(self.spark, self.plan(), spec, users)
 
-    def user_spill(self, directory: str, user_col: str, kind: str) -> "UserSpill":
+    def user_spill(self, directory: str, user_col: str, kind: str, block_dir: str) -> "UserSpill":
         rows = sum(int(r) for u in self.plan() for _, _, r in u)
-        return UserSpill(directory, user_col, kind, n_buckets(self.spark, rows))
+        return UserSpill(directory, user_col, kind, n_buckets(self.spark, rows), block_dir)
 
     def count_spilled_users(self, users: "UserSpill") -> int:
         """The distinct users the scan's tasks left in ``users.directory`` (then removed)."""
@@ -143,7 +143,7 @@ def _direct_task(batches, *, units, spec, task, users=None):
         return
     seen: list = []
     yield from task(scan_batches_of(mine, spec, user_ids=(users, seen)))
-    for i in ids:
+    for i in ids:                  # one listing per task id, as the count expects; one id here
         users.write(i, seen if i == ids[0] else [])
 
 
@@ -547,6 +547,14 @@ def _ipc_bytes(ids) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _distinct_count(parts: list, kind: str) -> int:
+    """Distinct ids in the id arrays ``parts`` of one bucket (the reducing step of both counts)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return len(pc.unique(pa.chunked_array(parts, _id_type(kind)))) if parts else 0
+
+
 def _ipc_ids(blob: bytes) -> list:
     import pyarrow as pa
 
@@ -565,6 +573,7 @@ class UserSpill:
     user_col: str
     kind: str                          # "string" or "integer" (Spark's type of the column)
     n_buckets: int
+    block_dir: str                     # the data.block_dir an error names
 
     def distinct(self, col, path: str):
         """One batch's distinct ids, as the id type (nulls kept: dropped when bucketed)."""
@@ -615,19 +624,14 @@ def count_spilled_users(spark, users: UserSpill, n_tasks: int) -> int:
         except FileNotFoundError:
             missing.append(t)
     if missing:
-        raise DataValidationError(
-            f"config key 'data.block_dir': {os.path.dirname(os.path.dirname(users.directory))} is "
-            f"not shared by the driver and the executors: the user ids {len(missing)} of {n_tasks} "
-            "scan tasks wrote there are not visible on the driver. On a cluster set data.block_dir "
-            "to a path every executor and the driver can read (DBFS, NFS), or leave it unset and "
-            "use data.store: spark (blocks cached by Spark itself)")
+        from segmentation.data.blockstore import block_dir_not_shared
+
+        raise block_dir_not_shared(users.block_dir,
+                                   f"the user ids {len(missing)} of {n_tasks} scan tasks wrote")
     buckets = sorted(by_bucket)
     kind = users.kind
 
     def count(i: int) -> int:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         parts = []
         for path in by_bucket[buckets[i]]:
             try:
@@ -638,7 +642,7 @@ def count_spilled_users(spark, users: UserSpill, n_tasks: int) -> int:
                     f"config key 'data.block_dir': the user-id file {path} written by one executor "
                     "is not visible on another: data.block_dir must be a path every executor "
                     "shares (DBFS, NFS)") from None
-        return len(pc.unique(pa.chunked_array(parts, _id_type(kind)))) if parts else 0
+        return _distinct_count(parts, kind)
 
     from segmentation.spark_tasks import run_indexed
 
@@ -700,11 +704,10 @@ def _count_ids_task(batches, *, kind: str):
     """mapInArrow body, step 2 of :func:`count_users`: the distinct ids of this partition's
     buckets (every copy of an id is in the same bucket, so partitions count disjoint sets)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     parts = []
     for b in batches:
         for blob in b.column(1).to_pylist():
             parts.extend(_ipc_ids(blob))
-    n = len(pc.unique(pa.chunked_array(parts, _id_type(kind)))) if parts else 0
-    yield pa.RecordBatch.from_arrays([pa.array([n], pa.int64())], names=["users"])
+    yield pa.RecordBatch.from_arrays([pa.array([_distinct_count(parts, kind)], pa.int64())],
+                                     names=["users"])

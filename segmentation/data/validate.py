@@ -798,7 +798,8 @@ def scan_and_validate(df, *, user_col: str, creative_col: str, response_col: str
     spill_dir = getattr(sink, "spill_dir", None)
     spill = None
     if direct is not None and spill_dir is not None:
-        spill = direct.user_spill(spill_dir, user_col, id_kind)   # counted after the scan
+        # counted after the scan, from the ids its tasks leave beside the blocks
+        spill = direct.user_spill(spill_dir, user_col, id_kind, sink.block_dir)
         n_users = None
     elif direct is not None:
         with task_errors_unwrapped():

@@ -358,7 +358,7 @@ def test_users_left_by_the_scan_tasks_count_as_spark_distinct(spark, tmp_path, k
     from segmentation.data.parquet_tasks import ScanSpec
 
     direct, expected, col = _users_input(spark, kind, 4, tmp_path, monkeypatch)
-    spill = direct.user_spill(str(tmp_path / "spill"), "user", kind)
+    spill = direct.user_spill(str(tmp_path / "spill"), "user", kind, str(tmp_path))
     assert spill.n_buckets == 31                # ceil(3002 rows / 100)
     spec = ScanSpec(user_col="user", creative_col="cr", response_col="y", response_kind="number",
                     covariates=("x",), categorical=(), creatives=("a",), n_folds=2, seed=0,
@@ -377,7 +377,8 @@ def test_user_ids_the_driver_cannot_see_name_block_dir(spark, tmp_path):
     col, raw = _users_table("string", np.random.default_rng(5))
     path = _write(pa.table({"user": col, "x": pa.array(raw.astype(float))}), tmp_path / "exp")
     direct = DirectRead(spark, list(spark.read.parquet(path).inputFiles()), "test")
-    spill = direct.user_spill(str(tmp_path / "blocks" / ".tmp-v" / "users"), "user", "string")
+    spill = direct.user_spill(str(tmp_path / "blocks" / ".tmp-v" / "users"), "user", "string",
+                              str(tmp_path / "blocks"))
     spec = ScanSpec(user_col="user", creative_col="cr", response_col="y", response_kind="number",
                     covariates=("x",), categorical=(), creatives=("a",), n_folds=1, seed=0,
                     batch_rows=512)
