@@ -13,6 +13,8 @@ plain response rates. The cluster -> segment and best-creative choices are plain
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 
@@ -108,20 +110,39 @@ def fit_kmeans_folds(df, features_col: str, user_col: str, fold_col: str, n_fold
             df = user_sample(df, user_col, max_users / train, seed)
     users = deterministic_users(df, user_col, [fold_col, features_col])
     users = users.select(F.col(fold_col), array_to_vector(F.col(features_col)).alias("_kv")).persist()
+    models: list = []           # reachable until every fold is fitted, then freed at once
     try:
         centres = []
         for f in range(n_folds):
             train = users.filter(F.col(fold_col) != f)
             km = KMeans(k=k, seed=int(seed) + f, maxIter=max_iter, featuresCol="_kv",
                         predictionCol="_cluster")
-            model = km.fit(train)
-            C = np.array([np.asarray(c, dtype=float) for c in model.clusterCenters()])
+            models.append(km.fit(train))
+            C = np.array([np.asarray(c, dtype=float) for c in models[-1].clusterCenters()])
             if C.shape[0] < k:
                 C = np.vstack([C, np.repeat(C[-1:], k - C.shape[0], axis=0)])
             centres.append(C)
     finally:
         users.unpersist()
+        free_models(models)
     return np.stack(centres)
+
+
+def free_models(models: list) -> None:
+    """Free fitted pyspark.ml models here and now, between Spark calls (empties ``models``).
+
+    Over Spark Connect a fitted model lives on the server, and pyspark deletes it from the
+    Python model's ``__del__`` with a blocking request. The Python model sits in a reference
+    cycle, so dropping the last name does not free it: its ``__del__`` runs whenever the
+    cyclic garbage collector next runs, which can be in the middle of another request of the
+    same client, where a nested blocking request can hang the process for good (Spark's own
+    Connect ML tests hang this way, SPARK-54986; pyspark 4.3 guards only nested ML-cache
+    requests). Holding the models until the end and collecting them here puts every delete at
+    this one point, one after another. In classic mode the same ``__del__`` detaches the JVM
+    object; freeing it here early is harmless.
+    """
+    models.clear()
+    gc.collect()
 
 
 def cluster_segment_map(num: np.ndarray, den: np.ndarray, segment_of, assignable) -> np.ndarray:
