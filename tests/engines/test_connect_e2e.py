@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
 from e2e_common import model_betas, small_cv_config, write_yaml
-from harness import spark_env, venv_prefix
+from harness import run_cli, spark_env, venv_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,8 @@ def campaign(tmp_path_factory):
 
 def _cli(server, *args, timeout=600):
     env = spark_env({"SPARK_REMOTE": server.url}, local_ip=None)
-    return subprocess.run([SEGMENT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_cli([SEGMENT, *args], env=env, timeout=timeout, server_pid=server.pid,
+                   server_log=server.log_path)
 
 
 def connect_config(root, name: str, **data) -> dict:
@@ -149,3 +149,37 @@ def test_bad_input_over_connect_named_exit_2_nothing_written(server, campaign):
     assert r.returncode == 2, r.stderr[-3000:]
     assert "x1" in r.stderr
     assert not os.path.exists(cfg["output"]["model_dir"])
+
+
+KMEANS_PROBE = """
+import gc, json, sys
+import numpy as np, pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.ml.clustering import KMeansModel
+from segmentation.policy.baselines import fit_kmeans_folds
+
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+rng = np.random.default_rng(5)
+pdf = pd.DataFrame({"user": [f"u{i}" for i in range(600)], "fold": np.arange(600) % 3})
+pdf["feat"] = [list(v) for v in rng.normal(size=(600, 2))]
+df = spark.createDataFrame(pdf)
+gc.disable()                    # only fit_kmeans_folds' own collection may free the models
+centres = fit_kmeans_folds(df, "feat", "user", "fold", 3, k=3, seed=0, max_iter=5)
+alive = sum(isinstance(o, KMeansModel) for o in gc.get_objects())
+cached = spark.client._get_ml_cache_info()
+print(json.dumps({"shape": list(centres.shape), "alive": alive, "server_models": cached}))
+"""
+
+
+def test_kmeans_models_are_deleted_on_the_server_before_fit_kmeans_folds_returns(server):
+    """Over Connect a fitted model lives on the server and pyspark deletes it from the Python
+    model's ``__del__``; the model is in a reference cycle, so without ``free_models`` that delete
+    waits for the cyclic collector, which may run inside another request and hang the client
+    (a hang of ``segment evaluate`` over Connect was seen once in CI). With the collector off
+    during the call, nothing of the three fold models may be left, here or on the server."""
+    env = spark_env({}, local_ip=None)
+    r = run_cli([venv_prefix() / "bin" / "python", "-c", KMEANS_PROBE, server.url], env=env,
+                timeout=300, server_pid=server.pid, server_log=server.log_path)
+    assert r.returncode == 0, r.stderr[-5000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"shape": [3, 3, 2], "alive": 0, "server_models": []}
