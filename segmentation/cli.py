@@ -13,11 +13,16 @@ tracking store cannot be reached at the start (nothing fitted or written; ``mlfl
 false`` fits without it), 4 the outputs were written but MLflow logging failed part way (the
 message says what was not logged), 5 another run is writing the same model directory (nothing
 done), 1 anything else.
+
+A process that seems stuck prints every thread's Python stack to stderr on ``kill -USR1 PID``
+(``faulthandler``; the run goes on).
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 import time
 
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "pyspark", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _stacks_on_sigusr1()
     try:
         return {"simulate": cmd_simulate, "fit": cmd_fit, "assign": cmd_assign, "demo": cmd_demo,
                 "evaluate": cmd_evaluate, "allocate": cmd_allocate,
@@ -112,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
         print(f"error: unexpected {type(e).__name__}: {first[:500]}", file=sys.stderr)
         return 1
+
+
+def _stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` prints every thread's Python stack to stderr and the run goes on.
+    Skipped where there is no SIGUSR1 or stderr has no file descriptor (``main()`` called
+    in-process under a captured stderr)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (AttributeError, ValueError, OSError):   # io.UnsupportedOperation is both
+        pass
 
 
 def one_line(msg) -> str:

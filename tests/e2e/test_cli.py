@@ -82,3 +82,29 @@ def test_simulate_fit_assign(tmp_path):
     assert r.returncode == 2 and "x6" in r.stderr
     assert not (tmp_path / "model2").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".model2")]
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """True once process ``pid`` has installed a handler for ``sig`` (SigCgt in /proc)."""
+    with open(f"/proc/{pid}/status") as fh:
+        caught = next(ln.split()[1] for ln in fh if ln.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads SigCgt from /proc")
+def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.Popen([*SEGMENT, "simulate", "--out", str(tmp_path / "sim"), "--users", "300000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not _catches(proc.pid, signal.SIGUSR1):
+        assert proc.poll() is None and time.monotonic() < deadline, "the CLI never installed its handler"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "(most recent call first)" in err and "segmentation/cli.py" in err
+    assert os.path.exists(tmp_path / "sim" / "exposures")

@@ -249,6 +249,63 @@ def terminate_tree(procs: Sequence[subprocess.Popen], *, grace: float = 10.0,
             p.wait(timeout=5)
 
 
+def run_cli(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float,
+            server_pid: int | None = None, server_log: str | os.PathLike | None = None,
+            cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` that, when the
+    command outlives ``timeout``, tells a hang from slowness before killing it: it asks the
+    command for its Python stacks (``segment`` dumps every thread's stack on SIGUSR1), takes a
+    thread dump of the server JVM ``server_pid`` (``jstack``; the dump of the threads running
+    tasks or Connect requests goes into the error, all of it into a file beside ``server_log``),
+    lists the server's process tree, then kills the command's process tree and raises
+    :class:`HarnessError` with all of that and the tails of the command's stderr and the server
+    log."""
+    proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(3.0)
+    parts = [f"{shlex.join(cmd)} still running after {timeout:.0f}s (killed)"]
+    if server_pid is not None and pid_alive(server_pid):
+        parts.append(_server_state(server_pid, server_log))
+    terminate_tree([proc], grace=5.0)
+    out, err = proc.communicate()
+    parts.append("--- command stderr (tail; thread stacks from SIGUSR1 at the end)\n" + err[-12000:])
+    if server_log is not None:
+        parts.append("--- server log (tail)\n" + tail(server_log, 60))
+    raise HarnessError("\n".join(parts))
+
+
+_BUSY_THREADS = ("Executor task launch", "SparkConnectExecuteThread", "dag-scheduler",
+                 "spark-connect-execution", "main")
+
+
+def _server_state(pid: int, log: str | os.PathLike | None) -> str:
+    """The server JVM's busy threads (jstack) and its process tree, for a hang report."""
+    lines = []
+    tree = subprocess.run(["ps", "-o", "pid=,ppid=,stat=,etime=,args=", "-p",
+                           ",".join(str(p) for p in [pid, *descendants([pid])])],
+                          capture_output=True, text=True).stdout
+    lines.append("--- server process tree\n" + "\n".join(ln[:300] for ln in tree.splitlines()))
+    jstack = shutil.which("jstack")
+    if jstack is None:
+        return "\n".join(lines + ["(no jstack on PATH)"])
+    dump = subprocess.run([jstack, str(pid)], capture_output=True, text=True, timeout=60).stdout
+    if log is not None:
+        path = Path(log).with_suffix(f".jstack-{int(time.time())}.txt")
+        path.write_text(dump)
+        lines.append(f"--- server thread dump: {path}")
+    busy = [b for b in dump.split("\n\n") if b.startswith('"') and any(n in b.split("\n")[0]
+                                                                          for n in _BUSY_THREADS)]
+    lines.append("\n\n".join("\n".join(b.splitlines()[:40]) for b in busy)[:20000])
+    return "\n".join(lines)
+
+
 def executor_pids(app_id: str | None = None) -> list[int]:
     """Pids of CoarseGrainedExecutorBackend JVMs on this machine (from ``ps -eo pid,args``),
     optionally only those of application ``app_id``."""

@@ -7,13 +7,12 @@ prices, head counts and the same assignment table row for row.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from chispa import assert_df_equality
 
 from e2e_common import write_yaml
-from harness import spark_env, venv_prefix
+from harness import run_cli, spark_env, venv_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +52,8 @@ def test_allocate_over_connect_equals_local_mode(spark, server, fitted):
     run_allocate(parse_config(local), spark=spark)
     remote = dict(raw, transport=dict(raw["transport"], output_dir=str(root / "connect")))
     env = spark_env({"SPARK_REMOTE": server.url}, local_ip=None)
-    r = subprocess.run([SEGMENT, "allocate", write_yaml(remote, root / "connect.yaml")], env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = run_cli([SEGMENT, "allocate", write_yaml(remote, root / "connect.yaml")], env=env,
+                timeout=900, server_pid=server.pid, server_log=server.log_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert "addArtifacts" in r.stderr
     got = json.loads((root / "connect" / "allocation.json").read_text())["plan"]

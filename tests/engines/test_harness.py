@@ -29,6 +29,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -375,6 +376,8 @@ def test_connect_server_sql_and_barrier_map_in_arrow(tmp_path):
         assert sorted(r["part"] for r in out) == [0, 1]
         assert {r["seen"] for r in out} == {"0:3,1:3"}
         assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ
+        state = harness._server_state(pid, server.log_path)     # what a hang report shows
+        assert f"{pid} " in state and '"main"' in state and "server thread dump: " in state
         tree += harness.descendants([pid])
     assert not harness.pid_alive(pid)
     assert not [p for p in tree if harness.pid_alive(p)]
@@ -403,3 +406,22 @@ def test_spark_submit_local_script(tmp_path):
                                 str(script)], timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "TINY-OK" in res.stdout
+
+
+def test_run_cli_returns_like_subprocess_run_and_reports_a_hang_with_its_stacks(tmp_path):
+    ok = harness.run_cli([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
+                         env=os.environ, timeout=60)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "out\n", "err\n")
+    stuck = ("import faulthandler, signal, time\n"
+             "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+             "def stuck_here():\n    time.sleep(600)\n"
+             "stuck_here()\n")
+    log = tmp_path / "server.log"
+    log.write_text("last server line\n")
+    t0 = time.monotonic()
+    with pytest.raises(harness.HarnessError) as err:
+        harness.run_cli([sys.executable, "-c", stuck], env=os.environ, timeout=5, server_log=log)
+    msg = str(err.value)
+    assert "still running after 5s (killed)" in msg
+    assert "stuck_here" in msg and "last server line" in msg
+    assert time.monotonic() - t0 < 60
