@@ -212,6 +212,8 @@ def cmd_jvm_archive(args) -> int:
     print(f"wrote the JVM class archive {rec['path']} ({rec['size'] / 1e6:.0f} MB, Java "
           f"{rec['java_version']}) in {rec['seconds']:.0f}s; local Spark sessions started by "
           f"segment use it (set {jvm_archive.ENV_MODE}=off not to)")
+    if rec.get("swept"):
+        print(f"removed {len(rec['swept'])} stale archive file(s) of installs that no longer exist")
     return 0
 
 

@@ -28,7 +28,9 @@ The archive is keyed by what decides whether the JVM can use it: the ``java`` bi
 will run (``JAVA_HOME`` or ``PATH``, path, size and time), Spark's jars (names and sizes) and
 the environment variables that add to the class path. Kept under ``SEGMENTATION_CACHE_DIR``
 (default ``$XDG_CACHE_HOME/segmentation`` or ``~/.cache/segmentation``), ``jvm/``: about
-175 MB.
+175 MB. Each build removes what nobody can use any more (:func:`sweep_stale`: archives of
+a Spark or Java home that is gone, half-written files of dead builds); a build that times out
+kills the JVM it started before cleaning up, so it leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -221,14 +223,8 @@ def build(timeout: float = 900.0) -> dict:
         env.pop("PYSPARK_GATEWAY_PORT", None)
         env.pop("SPARK_REMOTE", None)
         try:
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "segmentation.jvm_archive", "_dump", work, info_path],
-                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                    timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise ArchiveError(f"the sample fit that builds the archive took more than "
-                                   f"{timeout:.0f} s") from None
+            proc = _run_dump([sys.executable, "-m", "segmentation.jvm_archive", "_dump", work,
+                              info_path], env, timeout)
             if proc.returncode != 0 or not os.path.exists(tmp) or not os.path.exists(info_path):
                 tail = "\n".join(proc.stdout.splitlines()[-15:])
                 raise ArchiveError(f"the JVM that runs the sample fit did not write an archive "
@@ -258,7 +254,90 @@ def build(timeout: float = 900.0) -> dict:
             if os.path.exists(tmp):
                 os.remove(tmp)
     record["path"] = final
+    record["swept"] = sweep_stale()
     return record
+
+
+def _run_dump(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run the dump child in its own process group; past ``timeout``, SIGKILL the whole group
+    (the child and the JVM it launched) and wait until it is gone, so that no JVM is left to
+    write a partial archive after the caller has cleaned up (the JVM exits, and dumps, when its
+    Python parent dies)."""
+    import signal
+
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    try:
+        out, _ = child.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, child.returncode, out, None)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        child.poll()
+        time.sleep(0.1)
+    child.communicate()
+    raise ArchiveError(f"the sample fit that builds the archive took more than {timeout:.0f} s")
+
+
+def sweep_stale() -> list[str]:
+    """Remove from :func:`cache_dir` what nobody can use any more; return the removed paths.
+
+    - a published archive whose record names a Spark or Java home that no longer exists (a
+      removed virtualenv or JDK: every launch of that install is gone with it);
+    - a half-written archive or record (``*.tmp-<pid>``) whose writer pid is not running.
+
+    Archives of other installs that still exist are kept: they may be in use.
+    """
+    import contextlib
+
+    root = cache_dir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(root, name)
+        doomed: list[str] = []
+        if ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1]
+            if pid.isdigit() and not _pid_running(int(pid)):
+                doomed = [path]
+        elif name.endswith(".jsa.json") and _install_gone(path):
+            doomed = [path, path[:-len(".json")]]       # record first: readers skip it then
+        for victim in doomed:
+            with contextlib.suppress(OSError):
+                os.remove(victim)
+                removed.append(victim)
+    if removed:
+        log.info("removed %d stale JVM class archive file(s) under %s", len(removed), root)
+    return removed
+
+
+def _install_gone(record_path: str) -> bool:
+    """True when the record names a Spark or Java home that no longer exists."""
+    try:
+        with open(record_path) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    homes = [rec.get("spark_home"), rec.get("java_home")]
+    return any(isinstance(h, str) and h and not os.path.isdir(h) for h in homes)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_dump":

@@ -124,3 +124,52 @@ def test_built_archive_is_mapped_by_a_fresh_driver(tmp_path):
     got = _probe(env)
     assert not any("SharedArchiveFile" in a for a in got["args"]) and got["sum"] == 4950
     assert subprocess.run(cli + ["--check"], env=env, capture_output=True).returncode == 2
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_removes_only_what_nobody_can_use(cache, tmp_path):
+    root = cache / "jvm"
+    root.mkdir(parents=True)
+    live_home = tmp_path / "spark-here"
+    live_home.mkdir()
+
+    def archive(name, spark_home):
+        (root / f"spark-driver-{name}.jsa").write_bytes(b"\0" * 8)
+        (root / f"spark-driver-{name}.jsa.json").write_text(
+            json.dumps({"size": 8, "spark_home": str(spark_home), "java_home": str(live_home)}))
+
+    archive("kept", live_home)
+    archive("gone", tmp_path / "removed-venv" / "pyspark")
+    (root / "spark-driver-x.jsa.json").write_text("{not json")          # unreadable: kept
+    dead, live = _dead_pid(), os.getpid()
+    (root / f"spark-driver-kept.jsa.tmp-{dead}").write_bytes(b"\0")
+    (root / f"spark-driver-kept.jsa.tmp-{live}").write_bytes(b"\0")    # a build in progress
+    removed = jvm_archive.sweep_stale()
+    assert sorted(os.path.basename(p) for p in removed) == sorted([
+        "spark-driver-gone.jsa", "spark-driver-gone.jsa.json", f"spark-driver-kept.jsa.tmp-{dead}"])
+    assert sorted(os.listdir(root)) == sorted([
+        "spark-driver-kept.jsa", "spark-driver-kept.jsa.json", "spark-driver-x.jsa.json",
+        f"spark-driver-kept.jsa.tmp-{live}"])
+
+
+@pytest.mark.slow
+def test_a_build_that_times_out_leaves_no_jvm_and_no_file(cache, monkeypatch):
+    """Past its timeout the dump child and the JVM it started are killed as a group before the
+    cleanup: a JVM left alive would write its archive (hundreds of MB) after it."""
+    import time
+
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    t0 = time.monotonic()
+    with pytest.raises(jvm_archive.ArchiveError, match="took more than 15 s"):
+        jvm_archive.build(timeout=15)
+    assert time.monotonic() - t0 < 90
+    time.sleep(3)                               # a surviving JVM would be dumping by now
+    root = cache / "jvm"
+    assert not [f for f in os.listdir(root) if f.endswith(".jsa") or ".tmp-" in f]
+    ps = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True).stdout
+    assert str(root) not in ps
