@@ -9,10 +9,12 @@ directory (the stand-in for HDFS/S3). What must hold:
 - fit with CV then assign give local mode's model and assignments (coefficients to 1e-8);
 - the block-file store fails there with a message naming ``data.block_dir`` (exit 2, nothing
   written), while the default data path (blocks cached by Spark) succeeds;
+- evaluate and allocate (coarse personalization) give local mode's values, plan and table;
 - an executor killed by pid mid-CV, and then a whole worker killed, do not change the model.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,6 +122,70 @@ def test_assign_on_cluster_equals_local_mode(spark, cluster, wheel, shared, clus
     got, want = spark.read.parquet(out), spark.read.parquet(local_model["assign"])
     assert got.count() == want.count() > 0
     assert_approx_df_equality(got, want, 1e-9, ignore_row_order=True, ignore_column_order=True)
+
+
+def test_evaluate_on_cluster_equals_local_mode(spark, cluster, wheel, shared, cluster_fit, local_model):
+    """The cross-fitted evaluation (fold refits through the Spark-cached blocks, K-means by
+    MLlib on the executors, the estimator terms) gives local mode's values and intervals."""
+    from segmentation.config import parse_config
+    from segmentation.evaluation.run import run_evaluation
+    from segmentation.model import SegmentationModel
+
+    cfg = cluster_fit["cfg"]
+    r = spark_submit(_submit_args(cluster, wheel, "evaluate.py", str(shared / "cluster" / "fit.yaml")),
+                     timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    with open(os.path.join(cfg["output"]["model_dir"], "evaluation.json")) as fh:
+        got = json.load(fh)["summary"]["policies"]
+    local_cfg = parse_config(small_cv_config(shared, "local"))
+    model = SegmentationModel.load(os.path.join(local_model["model_dir"], "model.json"))
+    want = run_evaluation(spark, local_cfg, model, write=False, log_mlflow=False).to_dict()["summary"]["policies"]
+    assert set(got) == set(want)
+    for policy in ("segment", "personalized", "best_single", "kmeans", "random"):
+        for est in ("dr", "ipw"):
+            g, w = got[policy]["value"][est], want[policy]["value"][est]
+            assert g["estimate"] == pytest.approx(w["estimate"], rel=1e-7, abs=1e-9), (policy, est)
+            assert g["ci_low"] == pytest.approx(w["ci_low"], rel=1e-6, abs=1e-9), (policy, est)
+
+
+def test_allocate_on_cluster_equals_local_mode(spark, cluster, wheel, shared):
+    """Coarse personalization with a control arm and share limits: the cluster's offered set,
+    prices and assignment table are local mode's."""
+    from chispa import assert_df_equality
+
+    from segmentation.config import parse_config
+    from segmentation.data.simulate import simulate_arrays
+    from segmentation.evaluation.simulate import add_control_arm
+    from segmentation.workflow import run_allocate, run_fit
+
+    root = shared / "allocate"
+    camp = add_control_arm(simulate_arrays(3000, seed=8, deviant=False), seed=8)
+    (root / "exposures").mkdir(parents=True)
+    camp.exposures.to_parquet(root / "exposures" / "part-0.parquet", index=False)
+    raw = {
+        "data": {"exposures": str(root / "exposures"), "covariates": ["x1", "x2", "x3", "x4", "x5"],
+                 "categorical": ["region"]},
+        "segments": camp.segments, "control": "ctrl", "model": {"lambda": 0.01, "alpha": 0.1},
+        "output": {"model_dir": str(root / "model")}, "mlflow": {"enabled": False},
+        "spark": {"spark.sql.shuffle.partitions": "2"},
+        "targeting": {"value_per_response": 10.0},
+        "transport": {"max_treatments": 3, "min_share": {"ctrl": 0.1}, "max_share": {"cr01": 0.3}},
+    }
+    run_fit(parse_config(raw), spark=spark)
+    local = dict(raw, transport=dict(raw["transport"], output_dir=str(root / "local")))
+    run_allocate(parse_config(local), spark=spark)
+    remote = dict(raw, transport=dict(raw["transport"], output_dir=str(root / "cluster")))
+    r = spark_submit(_submit_args(cluster, wheel, "allocate.py", write_yaml(remote, root / "cluster.yaml")),
+                     timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    got = json.loads((root / "cluster" / "allocation.json").read_text())["plan"]
+    want = json.loads((root / "local" / "allocation.json").read_text())["plan"]
+    assert got["offered"] == want["offered"] and got["shares"] == want["shares"]
+    for t in want["offered"]:
+        assert got["prices"][t] == pytest.approx(want["prices"][t], rel=1e-9, abs=1e-12)
+    assert got["total_value"] == pytest.approx(want["total_value"], rel=1e-12)
+    assert_df_equality(spark.read.parquet(str(root / "cluster" / "assignment")),
+                       spark.read.parquet(str(root / "local" / "assignment")), ignore_row_order=True)
 
 
 def _fit_while(cluster, wheel, shared, name: str, action) -> tuple[subprocess.CompletedProcess, dict]:
