@@ -26,7 +26,8 @@ import pytest
 from chispa import assert_approx_df_equality
 
 import harness
-from e2e_common import model_betas, small_cv_config, write_yaml
+from e2e_common import (allocation_config, assert_same_allocation, assert_same_policy_values,
+                         model_betas, small_cv_config, with_output_dir, write_yaml)
 from harness import StandaloneCluster, build_wheel, spark_submit, start_or_skip
 
 pytestmark = pytest.mark.slow
@@ -131,61 +132,31 @@ def test_evaluate_on_cluster_equals_local_mode(spark, cluster, wheel, shared, cl
     from segmentation.evaluation.run import run_evaluation
     from segmentation.model import SegmentationModel
 
-    cfg = cluster_fit["cfg"]
     r = spark_submit(_submit_args(cluster, wheel, "evaluate.py", str(shared / "cluster" / "fit.yaml")),
                      timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    with open(os.path.join(cfg["output"]["model_dir"], "evaluation.json")) as fh:
+    with open(os.path.join(cluster_fit["cfg"]["output"]["model_dir"], "evaluation.json")) as fh:
         got = json.load(fh)["summary"]["policies"]
-    local_cfg = parse_config(small_cv_config(shared, "local"))
     model = SegmentationModel.load(os.path.join(local_model["model_dir"], "model.json"))
-    want = run_evaluation(spark, local_cfg, model, write=False, log_mlflow=False).to_dict()["summary"]["policies"]
-    assert set(got) == set(want)
-    for policy in ("segment", "personalized", "best_single", "kmeans", "random"):
-        for est in ("dr", "ipw"):
-            g, w = got[policy]["value"][est], want[policy]["value"][est]
-            assert g["estimate"] == pytest.approx(w["estimate"], rel=1e-7, abs=1e-9), (policy, est)
-            assert g["ci_low"] == pytest.approx(w["ci_low"], rel=1e-6, abs=1e-9), (policy, est)
+    want = run_evaluation(spark, parse_config(small_cv_config(shared, "local")), model, write=False,
+                          log_mlflow=False)
+    assert_same_policy_values(got, want.to_dict()["summary"]["policies"])
 
 
 def test_allocate_on_cluster_equals_local_mode(spark, cluster, wheel, shared):
     """Coarse personalization with a control arm and share limits: the cluster's offered set,
     prices and assignment table are local mode's."""
-    from chispa import assert_df_equality
-
     from segmentation.config import parse_config
-    from segmentation.data.simulate import simulate_arrays
-    from segmentation.evaluation.simulate import add_control_arm
     from segmentation.workflow import run_allocate, run_fit
 
     root = shared / "allocate"
-    camp = add_control_arm(simulate_arrays(3000, seed=8, deviant=False), seed=8)
-    (root / "exposures").mkdir(parents=True)
-    camp.exposures.to_parquet(root / "exposures" / "part-0.parquet", index=False)
-    raw = {
-        "data": {"exposures": str(root / "exposures"), "covariates": ["x1", "x2", "x3", "x4", "x5"],
-                 "categorical": ["region"]},
-        "segments": camp.segments, "control": "ctrl", "model": {"lambda": 0.01, "alpha": 0.1},
-        "output": {"model_dir": str(root / "model")}, "mlflow": {"enabled": False},
-        "spark": {"spark.sql.shuffle.partitions": "2"},
-        "targeting": {"value_per_response": 10.0},
-        "transport": {"max_treatments": 3, "min_share": {"ctrl": 0.1}, "max_share": {"cr01": 0.3}},
-    }
+    raw = allocation_config(root)
     run_fit(parse_config(raw), spark=spark)
-    local = dict(raw, transport=dict(raw["transport"], output_dir=str(root / "local")))
-    run_allocate(parse_config(local), spark=spark)
-    remote = dict(raw, transport=dict(raw["transport"], output_dir=str(root / "cluster")))
-    r = spark_submit(_submit_args(cluster, wheel, "allocate.py", write_yaml(remote, root / "cluster.yaml")),
-                     timeout=900)
+    run_allocate(parse_config(with_output_dir(raw, root / "local")), spark=spark)
+    remote = write_yaml(with_output_dir(raw, root / "cluster"), root / "cluster.yaml")
+    r = spark_submit(_submit_args(cluster, wheel, "allocate.py", remote), timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    got = json.loads((root / "cluster" / "allocation.json").read_text())["plan"]
-    want = json.loads((root / "local" / "allocation.json").read_text())["plan"]
-    assert got["offered"] == want["offered"] and got["shares"] == want["shares"]
-    for t in want["offered"]:
-        assert got["prices"][t] == pytest.approx(want["prices"][t], rel=1e-9, abs=1e-12)
-    assert got["total_value"] == pytest.approx(want["total_value"], rel=1e-12)
-    assert_df_equality(spark.read.parquet(str(root / "cluster" / "assignment")),
-                       spark.read.parquet(str(root / "local" / "assignment")), ignore_row_order=True)
+    assert_same_allocation(spark, root / "cluster", root / "local")
 
 
 def _fit_while(cluster, wheel, shared, name: str, action) -> tuple[subprocess.CompletedProcess, dict]:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
-from e2e_common import model_betas, small_cv_config, write_yaml
+from e2e_common import assert_same_policy_values, model_betas, small_cv_config, write_yaml
 from harness import run_cli, spark_env, venv_prefix
 
 pytestmark = pytest.mark.slow
@@ -106,13 +106,7 @@ def test_evaluate_over_connect_equals_local_mode(server, campaign, local_run, co
     assert r.returncode == 0, r.stderr[-5000:]
     with open(os.path.join(connect_fit["cfg"]["output"]["model_dir"], "evaluation.json")) as fh:
         got = json.load(fh)["summary"]["policies"]
-    want = local_run["evaluation"].to_dict()["summary"]["policies"]
-    assert set(got) == set(want)
-    for policy in ("segment", "personalized", "best_single", "kmeans", "random"):
-        for est in ("dr", "ipw"):
-            g, w = got[policy]["value"][est], want[policy]["value"][est]
-            assert g["estimate"] == pytest.approx(w["estimate"], rel=1e-7, abs=1e-9), (policy, est)
-            assert g["ci_low"] == pytest.approx(w["ci_low"], rel=1e-6, abs=1e-9), (policy, est)
+    assert_same_policy_values(got, local_run["evaluation"].to_dict()["summary"]["policies"])
 
 
 def test_single_fit_over_connect_equals_local_mode(spark, server, campaign):
