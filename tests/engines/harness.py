@@ -249,36 +249,58 @@ def terminate_tree(procs: Sequence[subprocess.Popen], *, grace: float = 10.0,
             p.wait(timeout=5)
 
 
+def run_captured(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float,
+                 cwd: str | os.PathLike | None = None,
+                 on_timeout=None) -> subprocess.CompletedProcess:
+    """``cmd`` in its own session with text output captured (stdin closed). Past ``timeout``,
+    ``on_timeout(proc)`` (if given) runs while the command is still alive, then the whole
+    process tree is killed and ``TimeoutExpired`` (with the output so far) raised; any other
+    exception (Ctrl-C) kills the tree too."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=dict(env),
+                            cwd=str(cwd) if cwd else None, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if on_timeout is not None:
+            on_timeout(proc)
+        terminate_tree([proc], grace=5.0)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(list(cmd), timeout, output=out, stderr=err) from None
+    except BaseException:
+        terminate_tree([proc], grace=5.0)
+        raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
 def run_cli(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float,
             server_pid: int | None = None, server_log: str | os.PathLike | None = None,
             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` that, when the
-    command outlives ``timeout``, tells a hang from slowness before killing it: it asks the
-    command for its Python stacks (``segment`` dumps every thread's stack on SIGUSR1), takes a
-    thread dump of the server JVM ``server_pid`` (``jstack``; the dump of the threads running
-    tasks or Connect requests goes into the error, all of it into a file beside ``server_log``),
-    lists the server's process tree, then kills the command's process tree and raises
-    :class:`HarnessError` with all of that and the tails of the command's stderr and the server
-    log."""
-    proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """:func:`run_captured` for a ``segment`` command that, when it outlives ``timeout``, tells
+    a hang from slowness before killing it: it asks the command for its Python stacks
+    (``segment`` dumps every thread's stack on SIGUSR1), takes a thread dump of the server JVM
+    ``server_pid`` (``jstack``; the threads running tasks or Connect requests go into the
+    error, the whole dump into a file beside ``server_log``) and lists the server's process
+    tree, then raises :class:`HarnessError` with all of that and the tails of the command's
+    stderr and the server log."""
+    report: list[str] = []
+
+    def diagnose(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(3.0)
+        if server_pid is not None and pid_alive(server_pid):
+            report.append(_server_state(server_pid, server_log))
+
     try:
-        out, err = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGUSR1)
-    time.sleep(3.0)
-    parts = [f"{shlex.join(cmd)} still running after {timeout:.0f}s (killed)"]
-    if server_pid is not None and pid_alive(server_pid):
-        parts.append(_server_state(server_pid, server_log))
-    terminate_tree([proc], grace=5.0)
-    out, err = proc.communicate()
-    parts.append("--- command stderr (tail; thread stacks from SIGUSR1 at the end)\n" + err[-12000:])
-    if server_log is not None:
-        parts.append("--- server log (tail)\n" + tail(server_log, 60))
-    raise HarnessError("\n".join(parts))
+        return run_captured(cmd, env=env, timeout=timeout, cwd=cwd, on_timeout=diagnose)
+    except subprocess.TimeoutExpired as exc:
+        parts = [f"{shlex.join(map(str, cmd))} still running after {timeout:.0f}s (killed)", *report,
+                 "--- command stderr (tail; thread stacks from SIGUSR1 at the end)\n"
+                 + (exc.stderr or "")[-12000:]]
+        if server_log is not None:
+            parts.append("--- server log (tail)\n" + tail(server_log, 60))
+        raise HarnessError("\n".join(parts)) from None
 
 
 _BUSY_THREADS = ("Executor task launch", "SparkConnectExecuteThread", "dag-scheduler",
@@ -863,20 +885,8 @@ def spark_submit(args: Sequence[str], env: Mapping[str, str] | None = None, *,
     """Run ``.venv/bin/spark-submit <args>`` (SPARK_HOME, PYSPARK_PYTHON and PATH set from the
     venv; SPARK_LOCAL_IP=127.0.0.1 unless ``env`` says otherwise). Captures text output. On
     timeout the whole process group is killed and TimeoutExpired is raised."""
-    cmd = [spark_bin("spark-submit"), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=spark_env(env),
-                            cwd=str(cwd) if cwd else None, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        terminate_tree([proc], grace=5.0)
-        out, err = proc.communicate()
-        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err)
-    except BaseException:
-        terminate_tree([proc], grace=5.0)
-        raise
-    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    result = run_captured([spark_bin("spark-submit"), *args], env=spark_env(env), timeout=timeout,
+                          cwd=cwd)
     if check:
         result.check_returncode()
     return result
