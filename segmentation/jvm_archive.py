@@ -306,7 +306,7 @@ def sweep_stale() -> list[str]:
         doomed: list[str] = []
         if ".tmp-" in name:
             pid = name.rsplit(".tmp-", 1)[1]
-            if pid.isdigit() and not _pid_running(int(pid)):
+            if pid.isdigit() and _writer_dead(int(pid)):
                 doomed = [path]
         elif name.endswith(".jsa.json") and _install_gone(path):
             doomed = [path, path[:-len(".json")]]       # record first: readers skip it then
@@ -330,14 +330,13 @@ def _install_gone(record_path: str) -> bool:
     return any(isinstance(h, str) and h and not os.path.isdir(h) for h in homes)
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _writer_dead(pid: int) -> bool:
+    """The build process ``pid`` on this host is gone (``ownership.owner_state``)."""
+    import socket
+
+    from segmentation.ownership import owner_state
+
+    return owner_state({"host": socket.gethostname(), "pid": pid}) == "dead"
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_dump":
