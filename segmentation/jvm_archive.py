@@ -212,7 +212,7 @@ def build(timeout: float = 900.0) -> dict:
     except OSError as exc:
         raise ArchiveError(f"cannot create the archive directory {os.path.dirname(final)} ({exc}); "
                            "set SEGMENTATION_CACHE_DIR to a writable directory") from None
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = f"{final}.tmp-{_writer_tag()}"
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segmentation-jvm-archive-") as work:
         info_path = os.path.join(work, "jvm.json")
@@ -246,7 +246,7 @@ def build(timeout: float = 900.0) -> dict:
             if os.path.exists(final + ".json"):
                 os.remove(final + ".json")      # no record: a reader skips the archive meanwhile
             os.replace(tmp, final)              # a JVM mapping the old one keeps its inode
-            rec_tmp = f"{final}.json.tmp-{os.getpid()}"
+            rec_tmp = f"{final}.json.tmp-{_writer_tag()}"
             with open(rec_tmp, "w") as fh:
                 json.dump(record, fh, indent=1)
             os.replace(rec_tmp, final + ".json")
@@ -289,7 +289,8 @@ def sweep_stale() -> list[str]:
 
     - a published archive whose record names a Spark or Java home that no longer exists (a
       removed virtualenv or JDK: every launch of that install is gone with it);
-    - a half-written archive or record (``*.tmp-<pid>``) whose writer pid is not running.
+    - a half-written archive or record (``*.tmp-<host>-<pid>``) whose writer is not running
+      on this host (one written from another host sharing the cache directory is kept).
 
     Archives of other installs that still exist are kept: they may be in use.
     """
@@ -305,8 +306,7 @@ def sweep_stale() -> list[str]:
         path = os.path.join(root, name)
         doomed: list[str] = []
         if ".tmp-" in name:
-            pid = name.rsplit(".tmp-", 1)[1]
-            if pid.isdigit() and _writer_dead(int(pid)):
+            if _writer_dead(name.rsplit(".tmp-", 1)[1]):
                 doomed = [path]
         elif name.endswith(".jsa.json") and _install_gone(path):
             doomed = [path, path[:-len(".json")]]       # record first: readers skip it then
@@ -330,13 +330,22 @@ def _install_gone(record_path: str) -> bool:
     return any(isinstance(h, str) and h and not os.path.isdir(h) for h in homes)
 
 
-def _writer_dead(pid: int) -> bool:
-    """The build process ``pid`` on this host is gone (``ownership.owner_state``)."""
+def _writer_tag() -> str:
+    """``<host>-<pid>`` of this process: the suffix of the files a build writes before renaming."""
     import socket
 
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _writer_dead(tag: str) -> bool:
+    """The build process named by a ``<host>-<pid>`` tag is gone: only a process of this host can
+    be judged (``ownership.owner_state``); a tag that is not of this form is left alone."""
     from segmentation.ownership import owner_state
 
-    return owner_state({"host": socket.gethostname(), "pid": pid}) == "dead"
+    host, _, pid = tag.rpartition("-")
+    if not pid.isdigit() or not host:
+        return False
+    return owner_state({"host": host, "pid": int(pid)}) == "dead"
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_dump":

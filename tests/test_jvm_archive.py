@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -146,15 +147,17 @@ def test_sweep_removes_only_what_nobody_can_use(cache, tmp_path):
     archive("kept", live_home)
     archive("gone", tmp_path / "removed-venv" / "pyspark")
     (root / "spark-driver-x.jsa.json").write_text("{not json")          # unreadable: kept
-    dead, live = _dead_pid(), os.getpid()
-    (root / f"spark-driver-kept.jsa.tmp-{dead}").write_bytes(b"\0")
-    (root / f"spark-driver-kept.jsa.tmp-{live}").write_bytes(b"\0")    # a build in progress
+    host = socket.gethostname()
+    dead, live = f"{host}-{_dead_pid()}", f"{host}-{os.getpid()}"
+    elsewhere = f"other-host.example-{_dead_pid()}"     # a shared cache: not ours to judge
+    for tag in (dead, live, elsewhere):
+        (root / f"spark-driver-kept.jsa.tmp-{tag}").write_bytes(b"\0")
     removed = jvm_archive.sweep_stale()
     assert sorted(os.path.basename(p) for p in removed) == sorted([
         "spark-driver-gone.jsa", "spark-driver-gone.jsa.json", f"spark-driver-kept.jsa.tmp-{dead}"])
     assert sorted(os.listdir(root)) == sorted([
         "spark-driver-kept.jsa", "spark-driver-kept.jsa.json", "spark-driver-x.jsa.json",
-        f"spark-driver-kept.jsa.tmp-{live}"])
+        f"spark-driver-kept.jsa.tmp-{live}", f"spark-driver-kept.jsa.tmp-{elsewhere}"])
 
 
 @pytest.mark.slow
