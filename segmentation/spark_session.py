@@ -16,14 +16,19 @@ DEFAULT_CONF = {
 
 
 def get_or_create_spark(app_name: str = "segmentation", master: str | None = None,
-                        conf: dict[str, str] | None = None, remote: str | None = None):
+                        conf: dict[str, str] | None = None, remote: str | None = None,
+                        jvm_role: str = "general"):
     """Return the active SparkSession or build one.
 
     In a notebook or under spark-submit a session already exists (or the master comes from
     spark-submit); ``master`` is only applied when nothing set it, defaulting to ``local[*]``.
     ``remote`` (``sc://host:port``, else the standard ``SPARK_REMOTE`` variable) makes a Spark
-    Connect session instead; ``conf`` then only carries runtime SQL settings.
+    Connect session instead; ``conf`` then only carries runtime SQL settings. A driver JVM
+    this process launches gets what ``local_launch`` adds: the class archive, C1-only
+    compilation when ``jvm_role`` is ``"orchestrator"`` (the JVM will only schedule tasks),
+    and for a local master the worker daemon that imports the installed pyspark.
     """
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -50,26 +55,30 @@ def get_or_create_spark(app_name: str = "segmentation", master: str | None = Non
         master = "local[*]"
     if master is not None:
         builder = builder.master(master)
+    launching = SparkContext._gateway is None
+    if launching:
+        from segmentation.local_launch import worker_daemon_conf
+
+        settings.update(worker_daemon_conf(settings, master or settings.get("spark.master")))
     for k, v in settings.items():
         builder = builder.config(k, str(v))
-    with _jvm_archive(settings):
+    with _driver_options(settings, jvm_role if launching else None):
         session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
 
 
 @contextlib.contextmanager
-def _jvm_archive(settings: dict):
-    """While this process launches its driver JVM: the class-data-sharing archive of
-    ``segment jvm-archive`` (``jvm_archive``), through ``SPARK_SUBMIT_OPTS`` for that launch
-    only. Nothing when a JVM is already up (a session stopped and made again, spark-submit)."""
-    from pyspark import SparkContext
-
+def _driver_options(settings: dict, jvm_role: str | None):
+    """While this process launches its driver JVM: ``local_launch.driver_options`` (the class
+    archive of ``segment jvm-archive``, the JIT choice for ``jvm_role``) through
+    ``SPARK_SUBMIT_OPTS``, for that launch only. Nothing when a JVM is already up
+    (``jvm_role`` None: a session stopped and made again) or under spark-submit."""
     opts = None
-    if SparkContext._gateway is None and not _submitted():
-        from segmentation import jvm_archive
+    if jvm_role is not None and not _submitted():
+        from segmentation.local_launch import driver_options
 
-        opts = jvm_archive.launch_options(settings)
+        opts = driver_options(settings, jvm_role)
     if not opts:
         yield
         return

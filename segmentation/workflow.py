@@ -12,7 +12,10 @@ from segmentation.model import SegmentationModel
 log = logging.getLogger(__name__)
 
 
-def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
+def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation",
+              jvm_role: str = "general"):
+    """The session for a CLI verb, from the config's ``spark`` section; ``jvm_role`` is for a
+    driver JVM this process launches (``local_launch``)."""
     from segmentation.spark_session import get_or_create_spark, ship_package
 
     conf = {str(k): str(v) for k, v in ((cfg.spark if cfg else {}) or {}).items()}
@@ -20,7 +23,7 @@ def spark_for(cfg: SegmentConfig | None = None, app_name: str = "segmentation"):
     remote = conf.pop("remote", None) or conf.pop("spark.remote", None)
     conf = {k if k.startswith("spark.") else f"spark.{k}": v for k, v in conf.items()}
     spark = get_or_create_spark(app_name=app_name, master=None if remote else master, conf=conf,
-                                remote=remote)
+                                remote=remote, jvm_role=jvm_role)
     log.info("package on the executors: %s", ship_package(spark))
     return spark
 
@@ -62,7 +65,7 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
     for CV fits and in ``model.fit['mlflow_run_id']`` always).
     """
     from segmentation.atomic import publish_dir, staging_dir
-    from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_single, prepare
+    from segmentation.pipeline import CV_TABLE_NAME, fit_cv, fit_jvm_role, fit_single, prepare
     from segmentation.policy.assign import design_segment_shares, segment_shares
 
     out_dir = cfg.output.model_dir
@@ -88,7 +91,10 @@ def _run_fit_locked(cfg: SegmentConfig, spark=None, resume: bool = True, df=None
         if tracker is not None:
             log.info("MLflow run %s (%s) at %s", tracker.run_id, tracker.run_name, tracker.uri)
     try:
-        spark = spark or spark_for(cfg)
+        if spark is None:
+            role, why = fit_jvm_role(cfg)
+            log.debug("driver JVM role: %s (%s)", role, why)
+            spark = spark_for(cfg, jvm_role=role)
         prepared = prepare(spark, cfg, n_folds=1 if single else cfg.cv.folds, df=df)
         cv = None
         try:
