@@ -441,7 +441,9 @@ def item2_lines(meta) -> list[str]:
 
     L = [f"Whole process at lambda = 0, {meta['mllib_rows']:,} rows (item 2), median of {reps} "
          f"alternating fresh processes each:"]
-    names = {"plain": "JVM as installed", "archive": "JVM class archive (segment jvm-archive)"}
+    L.append("  (segment fit starts its driver as it ships: local_launch's C1-only JIT for an orchestrating"
+             " driver and the worker daemon; MLlib's process is plain pyspark)")
+    names = {"plain": "no class archive", "archive": "JVM class archive (segment jvm-archive)"}
     for variant in ("plain", "archive"):
         if f"ours-{variant}" not in runs:
             continue
@@ -452,7 +454,7 @@ def item2_lines(meta) -> list[str]:
             L.append(f"    {label:<11} {med[k]:6.1f} s  ({steps(k)})  runs {walls}")
     best = "ours-archive" if "ours-archive" in med else "ours-plain"
     ratio = med[best] / med["mllib-plain"]
-    L.append(f"  ratio against MLlib as installed (the target): {ratio:.2f}x with "
+    L.append(f"  ratio against MLlib with no archive (the target): {ratio:.2f}x with "
              f"{'the archive' if best == 'ours-archive' else 'no archive'} (target <= {MLLIB_RATIO}x): "
              f"{'PASS' if ratio <= MLLIB_RATIO else 'FAIL'}")
     like = [f"{names[v].split(' (')[0]} on both sides {med[f'ours-{v}'] / med[f'mllib-{v}']:.2f}x"
