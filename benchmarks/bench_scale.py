@@ -16,7 +16,8 @@ Every measured run is a fresh process, as a user runs it:
   run ``--mllib-repeats`` times, alternating, and medians are compared; with ``--jvm-archive``
   (default) the archive of ``segment jvm-archive`` is built first and both sides also run with
   it (ours through ``SEGMENTATION_JVM_ARCHIVE``, MLlib's JVM through ``SPARK_SUBMIT_OPTS``).
-  The target compares ours with MLlib as installed; the like-for-like ratios are printed too.
+  The target compares ours (its driver launched as `segment` ships it: `local_launch`) with
+  MLlib as a plain pyspark process without the archive; the like-for-like ratios are printed too.
   Every other child runs without the archive.
 
 Each ``segment fit`` child wraps (does not change) the functions ``run_fit`` calls, to split
