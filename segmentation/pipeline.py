@@ -116,7 +116,9 @@ def fit_jvm_role(cfg: SegmentConfig) -> tuple[str, str]:
     tasks and collect small results, else "general".
 
     - Spark Connect: the JVM is the server's; nothing to decide ("general").
-    - a cluster master: the executors' JVMs read and cache the data; the driver's schedules.
+    - a cluster master: "general". The executors' JVMs read and cache the data, but with the
+      Spark-cached store the driver's JVM plans each pass's query (Catalyst), work C1-compiled
+      code was not measured on.
     - a local master: the driver JVM is the executor too; it only schedules when the blocks
       are files (``data.store`` not 'spark') and Parquet input can be read by pyarrow in the
       tasks (``data.reader`` not 'spark'). Should ``prepare()`` fall back to Spark's reader
@@ -129,7 +131,7 @@ def fit_jvm_role(cfg: SegmentConfig) -> tuple[str, str]:
         return "general", "Spark Connect: the server's JVM"
     master = conf.get("master") or conf.get("spark.master") or "local[*]"
     if not master.startswith("local"):
-        return "orchestrator", f"master {master}: the executors' JVMs do the work"
+        return "general", f"master {master}: the driver JVM plans the passes' queries"
     d = cfg.data
     if d.store == "spark":
         return "general", "data.store is 'spark': the local JVM serves the cached blocks"

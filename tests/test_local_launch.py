@@ -112,8 +112,8 @@ def test_fit_role_from_the_config(tmp_path, monkeypatch):
     assert fit_jvm_role(_cfg(tmp_path, {"exposures": str(tmp_path / "e.csv")}))[0] == "general"
     assert fit_jvm_role(_cfg(tmp_path, {"store": "spark"}))[0] == "general"
     assert fit_jvm_role(_cfg(tmp_path, {"reader": "spark"}))[0] == "general"
-    assert fit_jvm_role(_cfg(tmp_path, {"exposures": str(tmp_path / "e.csv")},
-                             spark={"master": "spark://h:7077"}))[0] == "orchestrator"
+    assert fit_jvm_role(_cfg(tmp_path, spark={"master": "spark://h:7077"}))[0] == "general"
+    assert fit_jvm_role(_cfg(tmp_path, spark={"spark.master": "local[*]"}))[0] == "orchestrator"
     assert fit_jvm_role(_cfg(tmp_path, spark={"remote": "sc://localhost:15002"}))[0] == "general"
 
 
