@@ -66,12 +66,9 @@ def cache_dir() -> str:
 
 
 def mode() -> str:
-    m = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
-    if m not in MODES:
-        from segmentation.errors import ConfigError
+    from segmentation.local_launch import env_mode
 
-        raise ConfigError(f"environment variable {ENV_MODE}={m!r}: expected one of {', '.join(MODES)}")
-    return m
+    return env_mode(ENV_MODE, MODES)
 
 
 def java_binary() -> str | None:
@@ -150,9 +147,9 @@ def launch_options(conf: dict | None = None) -> str | None:
     m = mode()
     if m == "off":
         return None
-    own = " ".join([str((conf or {}).get("spark.driver.extraJavaOptions", "")),
-                    os.environ.get("SPARK_SUBMIT_OPTS", "")])
-    if any(flag in own for flag in _OWN_FLAGS):
+    from segmentation.local_launch import user_java_options
+
+    if any(flag in user_java_options(conf) for flag in _OWN_FLAGS):
         return None
     path = usable_archive()
     if path is None or any(ch.isspace() or ch in "\"'" for ch in path):

@@ -42,7 +42,9 @@ DAEMON_CONF = "spark.python.daemon.module"
 DAEMON_MODULE = "segmentation.worker_daemon"
 
 
-def _env_mode(name: str, allowed: tuple[str, ...]) -> str:
+def env_mode(name: str, allowed: tuple[str, ...]) -> str:
+    """The switch ``name`` from the environment, one of ``allowed`` (the first is the default);
+    ``ConfigError`` naming the variable for anything else."""
     m = os.environ.get(name, allowed[0]).strip().lower() or allowed[0]
     if m not in allowed:
         from segmentation.errors import ConfigError
@@ -57,14 +59,20 @@ def jit_options(role: str, conf: dict | None = None) -> str | None:
     already choose the JIT tiers."""
     if role not in ROLES:
         raise ValueError(f"JVM role {role!r}: expected one of {', '.join(ROLES)}")
-    m = _env_mode(ENV_JIT, JIT_MODES)
+    m = env_mode(ENV_JIT, JIT_MODES)
     if m == "full" or (m == "auto" and role != "orchestrator"):
         return None
-    own = " ".join([str((conf or {}).get("spark.driver.extraJavaOptions", "")),
-                    os.environ.get("SPARK_SUBMIT_OPTS", "")])
-    if any(flag in own for flag in _JIT_FLAGS):
+    if any(flag in user_java_options(conf) for flag in _JIT_FLAGS):
         return None
     return C1_ONLY
+
+
+def user_java_options(conf: dict | None = None) -> str:
+    """The driver JVM options the caller chose: ``spark.driver.extraJavaOptions`` and
+    ``SPARK_SUBMIT_OPTS``, as one string (what this module and ``jvm_archive`` must not
+    override)."""
+    return " ".join([str((conf or {}).get("spark.driver.extraJavaOptions", "")),
+                     os.environ.get("SPARK_SUBMIT_OPTS", "")])
 
 
 def driver_options(conf: dict, role: str) -> str | None:
@@ -89,7 +97,7 @@ def worker_daemon_conf(settings: dict, master: str | None) -> dict:
     """``{spark.python.daemon.module: segmentation.worker_daemon}`` when it applies (a local
     master, the workers' Python is this interpreter, ``SPARK_HOME`` unset or the installed
     pyspark package, the setting not chosen by the caller, the switch not off); else ``{}``."""
-    if _env_mode(ENV_DAEMON, DAEMON_MODES) == "off":
+    if env_mode(ENV_DAEMON, DAEMON_MODES) == "off":
         return {}
     if not str(master or "").startswith("local") or DAEMON_CONF in settings:
         return {}
