@@ -123,8 +123,9 @@ def fit_jvm_role(cfg: SegmentConfig) -> tuple[str, str]:
       are files (``data.store`` not 'spark') and Parquet input can be read by pyarrow in the
       tasks (``data.reader`` not 'spark'). Should ``prepare()`` fall back to Spark's reader
       after all (a column type pyarrow's path does not take), that one scan runs in the
-      C1-compiled JVM, as does the Spark query counting segment shares when users have
-      several rows: Spark's reader measured about 20% slower warm than with both tiers.
+      C1-compiled JVM, as do the levels of categorical columns (one small ``groupBy``) and
+      the Spark query counting segment shares when users have several rows: Spark's reader
+      measured about 20% slower warm than with both tiers.
     """
     conf = {str(k): str(v) for k, v in (cfg.spark or {}).items()}
     if conf.get("remote") or conf.get("spark.remote") or os.environ.get("SPARK_REMOTE"):
